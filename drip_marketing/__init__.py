@@ -1,0 +1,10 @@
+from . import models
+from . import wizards
+from . import controllers
+
+try:  # the `odoo-bin drip-worker` command; never let it break loading the addon
+    from . import cli
+except Exception:  # noqa: BLE001
+    import logging
+
+    logging.getLogger(__name__).warning("drip-worker command unavailable", exc_info=True)

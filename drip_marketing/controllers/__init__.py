@@ -1,0 +1,4 @@
+from . import consent
+from . import tracking
+from . import events
+from . import segment
