@@ -47,6 +47,10 @@
         "views/drip_timeline_views.xml",
         "views/res_partner_intelligence_views.xml",
         "views/drip_ingest_views.xml",
+        "data/drip_scoring_rule_data.xml",
+        "data/drip_prediction_cron_data.xml",
+        "views/drip_scoring_rule_views.xml",
+        "views/res_partner_prediction_views.xml",
     ],
     "demo": [
         "demo/drip_marketing_demo.xml",

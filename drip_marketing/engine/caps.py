@@ -83,7 +83,7 @@ def _fits(counted, instant, rule):
     period; only groups that contain the new send need checking.
     """
     position = bisect_right(counted, instant)
-    combined = counted[:position] + [instant] + counted[position:]
+    combined = [*counted[:position], instant, *counted[position:]]
     size = rule.max_messages
     period = rule.period
     for first in range(max(0, position - size), position + 1):
@@ -193,10 +193,7 @@ def arbitrate(candidates, sent_history, rules, now, *, count_transactional=True)
                 reached = " and ".join(
                     rule.describe() for rule in rules if not _fits(counted, now, rule)
                 )
-                reason = (
-                    f"frequency cap: {reached} reached "
-                    f"(next slot {until:%Y-%m-%d %H:%M} UTC)"
-                )
+                reason = f"frequency cap: {reached} reached (next slot {until:%Y-%m-%d %H:%M} UTC)"
                 blocked = (until, reason)
             decisions[index] = Decision(
                 candidate.message_id, DEFER, until=blocked[0], reason=blocked[1]

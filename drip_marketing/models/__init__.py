@@ -22,3 +22,5 @@ from . import drip_timeline
 from . import base_partner_merge
 from . import mail_thread
 from . import drip_ingest
+from . import drip_scoring_rule
+from . import drip_prediction

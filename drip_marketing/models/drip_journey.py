@@ -24,6 +24,7 @@ TRIGGERS = [
     ("rfm_segment_changed", "RFM segment changed"),
     ("partner_date", "Date on the customer (birthday, anniversary)"),
     ("inactivity", "No order for a number of days"),
+    ("replenishment", "Repurchase of a product due"),
     ("score_crossed", "Engagement score crossed a threshold"),
     ("event", "Event received through the API"),
 ]
@@ -77,7 +78,16 @@ class DripJourney(models.Model):
     )
     trigger_event_type_id = fields.Many2one("drip.event.type", string="Event type")
     trigger_days = fields.Integer(
-        string="Days", default=90, help="Inactivity: days without a confirmed order."
+        string="Days",
+        default=90,
+        help="Inactivity: days without a confirmed order. Replenishment: days before the "
+        "predicted repurchase date.",
+    )
+    trigger_use_rhythm = fields.Boolean(
+        string="Use each customer's own rhythm",
+        default=True,
+        help="Inactivity: a customer with at least three orders lapses after twice their "
+        "median time between orders, if that is longer than the days above.",
     )
     trigger_hours = fields.Integer(
         string="Hours",
@@ -529,11 +539,57 @@ class DripJourney(models.Model):
                       FROM sale_order o
                      WHERE o.state = 'sale' AND o.company_id = %(company)s
                      ORDER BY o.partner_id, o.date_order DESC) last
-             WHERE last.date_order + make_interval(days => %(days)s) > %(since)s
-               AND last.date_order + make_interval(days => %(days)s) <= %(now)s
+               LEFT JOIN LATERAL (
+                    -- the customer's own rhythm: twice the median gap between orders
+                    SELECT CASE WHEN %(rhythm)s AND count(*) >= 2
+                                THEN 2 * percentile_cont(0.5) WITHIN GROUP (ORDER BY g.gap)
+                           END AS lapse
+                      FROM (SELECT o2.date_order - lag(o2.date_order) OVER (ORDER BY o2.date_order)
+                                   AS gap
+                              FROM sale_order o2
+                             WHERE o2.partner_id = last.partner_id AND o2.state = 'sale'
+                               AND o2.company_id = %(company)s) g
+                     WHERE g.gap IS NOT NULL
+                   ) own ON TRUE
+             WHERE last.date_order + GREATEST(make_interval(days => %(days)s),
+                                              COALESCE(own.lapse, interval '0')) > %(since)s
+               AND last.date_order + GREATEST(make_interval(days => %(days)s),
+                                              COALESCE(own.lapse, interval '0')) <= %(now)s
             """,
             company=self.company_id.id, days=self.trigger_days, since=self.scan_watermark,
-            now=now,
+            now=now, rhythm=self.trigger_use_rhythm,
+        )
+
+    def _candidates_replenishment(self, now):
+        # Per customer and product bought at least twice: the next purchase is due one
+        # median interval after the last one. The customer enters ``trigger_days``
+        # before that date; the source is the last order, so each cycle enters once.
+        lead = SQL("make_interval(days => %s)", self.trigger_days)
+        return SQL(
+            """
+            WITH purchases AS (
+                SELECT o.partner_id, l.product_id, o.id AS order_id, o.date_order,
+                       o.date_order - lag(o.date_order) OVER w AS gap,
+                       row_number() OVER (PARTITION BY o.partner_id, l.product_id
+                                          ORDER BY o.date_order DESC) AS recency
+                  FROM sale_order o JOIN sale_order_line l ON l.order_id = o.id
+                 WHERE o.state = 'sale' AND o.company_id = %(company)s
+                       AND l.product_id IS NOT NULL AND l.display_type IS NULL
+                WINDOW w AS (PARTITION BY o.partner_id, l.product_id ORDER BY o.date_order)
+            ), rhythm AS (
+                SELECT partner_id, product_id,
+                       percentile_cont(0.5) WITHIN GROUP (ORDER BY gap) AS median_gap
+                  FROM purchases WHERE gap IS NOT NULL AND gap > interval '0'
+                 GROUP BY partner_id, product_id
+            )
+            SELECT p.partner_id, p.order_id,
+                   'sale.order,' || p.order_id || ',product,' || p.product_id AS source_ref
+              FROM purchases p JOIN rhythm r USING (partner_id, product_id)
+             WHERE p.recency = 1
+               AND p.date_order + r.median_gap - %(lead)s > %(since)s
+               AND p.date_order + r.median_gap - %(lead)s <= %(now)s
+            """,
+            company=self.company_id.id, lead=lead, since=self.scan_watermark, now=now,
         )
 
     def _event_candidates(self, max_event_id, type_code=None, type_id=None, payload=None):

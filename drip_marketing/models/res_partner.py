@@ -222,13 +222,40 @@ class ResPartner(models.Model):
         vals = dict(vals)
         consent = {channel: vals.pop(fname) for channel, fname in CONSENT_FIELDS.items()
                    if fname in vals}
+        tags_before = (
+            {partner.id: set(partner.category_id.ids) for partner in self}
+            if "category_id" in vals else None
+        )
         result = super().write(vals) if vals else True
+        if tags_before is not None:
+            self._drip_record_tags_added(tags_before)
         source = self._drip_consent_source()
         for channel, state in consent.items():
             self._drip_set_consent(channel, state or "unknown", source)
         if {"email", "mobile", "phone", "country_id"} & vals.keys():
             self._drip_sync_blacklisted()
         return result
+
+    def _drip_record_tags_added(self, tags_before):
+        """Record a 'tag added' event per new tag, in one INSERT (journeys trigger on it)."""
+        rows = [
+            (partner.id, tag_id)
+            for partner in self
+            for tag_id in set(partner.category_id.ids) - tags_before.get(partner.id, set())
+        ]
+        if not rows:
+            return
+        event_type = self.env.ref("drip_marketing.event_type_tag_added", raise_if_not_found=False)
+        if not event_type:
+            return  # during the module's own installation
+        now = fields.Datetime.now()
+        self.env["drip.event"].sudo().create([
+            {"name": "Tag added", "event_type_id": event_type.id, "partner_id": partner_id,
+             "call_type": "internal", "occurred_at": now, "processed": True,
+             "company_id": (self.browse(partner_id).company_id or self.env.company).id,
+             "payload": {"tag_id": tag_id}}
+            for partner_id, tag_id in rows
+        ])
 
     # --------------------------------------------------------------- actions
     def action_drip_view_enrollments(self):

@@ -99,3 +99,77 @@ class SaleOrder(models.Model):
     def _drip_cart_scan_filter(self):
         """Extra SQL conditions on the cart alias ``c`` (website_sale's flag, …)."""
         return SQL()
+
+    def action_confirm(self):
+        result = super().action_confirm()
+        self._drip_on_confirmed()
+        return result
+
+    def _drip_on_confirmed(self):
+        """Attribute each order to its last touch and let journeys react, set-based."""
+        confirmed = self.filtered(lambda order: order.state == "sale")
+        if not confirmed:
+            return
+        confirmed._drip_attribute()
+        enrollments = self.env["drip.enrollment"].sudo().search(
+            [("partner_id", "in", confirmed.partner_id.ids), ("state", "in", ("active", "paused"))]
+        )
+        enrollments._goal_reached()._exit("goal_reached")
+        # Steps waiting for "order placed" after a recent message start now.
+        for company, orders in confirmed.grouped("company_id").items():
+            since = fields.Datetime.now() - timedelta(days=company.drip_attribution_window_days)
+            self.env["drip.message"].sudo().search(
+                [("partner_id", "in", orders.partner_id.ids), ("state", "=", "sent"),
+                 ("channel", "!=", "action"), ("sent_at", ">=", since),
+                 ("enrollment_id.state", "in", ("active", "completed"))]
+            )._on_outcome("ordered")
+
+    def _drip_attribute(self):
+        """Last touch: the latest message opened or clicked within the company's window
+        before confirmation gets the order, its revenue in company currency (untaxed,
+        like the RFM), and a conversion on its participant. An order counts once."""
+        self.env.flush_all()
+        self.env.cr.execute(
+            """
+            WITH touch AS (
+                SELECT DISTINCT ON (o.id) o.id AS order_id, m.id AS message_id,
+                       m.enrollment_id, o.date_order,
+                       o.amount_untaxed / CASE WHEN COALESCE(o.currency_rate, 0) = 0 THEN 1
+                                               ELSE o.currency_rate END AS revenue
+                  FROM sale_order o
+                  JOIN res_company c ON c.id = o.company_id
+                  JOIN drip_message m ON m.partner_id = o.partner_id
+                       AND m.is_test IS NOT TRUE AND m.company_id = o.company_id
+                       AND GREATEST(m.opened_at, m.clicked_at) <= o.date_order
+                       AND GREATEST(m.opened_at, m.clicked_at)
+                           >= o.date_order - make_interval(days => c.drip_attribution_window_days)
+                 WHERE o.id = ANY(%(orders)s) AND o.drip_attributed_message_id IS NULL
+                 ORDER BY o.id, GREATEST(m.opened_at, m.clicked_at) DESC, m.id DESC
+            ), orders AS (
+                UPDATE sale_order o SET drip_attributed_message_id = t.message_id
+                  FROM touch t WHERE o.id = t.order_id
+            ), messages AS (
+                UPDATE drip_message m
+                   SET converted_at = COALESCE(m.converted_at, t.date_order),
+                       conversion_order_id = COALESCE(m.conversion_order_id, t.order_id),
+                       revenue = COALESCE(m.revenue, 0) + t.revenue
+                  FROM (SELECT message_id, min(date_order) AS date_order, min(order_id) AS order_id,
+                               sum(revenue) AS revenue
+                          FROM touch GROUP BY message_id) t
+                 WHERE m.id = t.message_id
+            )
+            UPDATE drip_enrollment e
+               SET converted_at = COALESCE(e.converted_at, t.date_order),
+                   conversion_order_id = COALESCE(e.conversion_order_id, t.order_id),
+                   revenue = COALESCE(e.revenue, 0) + t.revenue
+              FROM (SELECT enrollment_id, min(date_order) AS date_order,
+                           min(order_id) AS order_id, sum(revenue) AS revenue
+                      FROM touch GROUP BY enrollment_id) t
+             WHERE e.id = t.enrollment_id
+            """,
+            {"orders": self.ids},
+        )
+        self.invalidate_model(["drip_attributed_message_id"])
+        self.env["drip.message"].invalidate_model(["converted_at", "conversion_order_id", "revenue"])
+        self.env["drip.enrollment"].invalidate_model(
+            ["converted_at", "conversion_order_id", "revenue"])

@@ -61,7 +61,7 @@ class TestConsent(TransactionCase):
         partners = self.env["res.partner"].create(
             [{"name": f"P{n}", "email": f"p{n}@example.com"} for n in range(20)]
         )
-        with self.assertQueryCount(__system__=8):
+        with self.assertQueryCount(__system__=5):
             partners._drip_set_consent("sms", "opted_in", "import")
         self.assertEqual(set(partners.mapped("drip_consent_sms")), {"opted_in"})
         self.assertEqual(self.env["drip.consent.event"].search_count(

@@ -429,3 +429,53 @@ class TestTriggers(DripCase):
         ])
         entered = journey._scan_triggers(now=NOW + timedelta(minutes=1))
         self.assertEqual(entered.partner_id, self.customer)
+
+    def test_tag_added(self):
+        vip = self.env["res.partner.category"].create({"name": "VIP"})
+        other_tag = self.env["res.partner.category"].create({"name": "Other"})
+        with freeze_time(NOW):
+            journey = self.journey_on("tag_added", trigger_tag_id=vip.id)
+        someone = self.env["res.partner"].create({"name": "Someone"})
+        someone.category_id = [(4, other_tag.id)]
+        self.customer.category_id = [(4, vip.id)]
+        entered = journey._scan_triggers(now=NOW + timedelta(minutes=1))
+        self.assertEqual(entered.partner_id, self.customer)
+        self.customer.category_id = [(4, vip.id)]  # already there: no new event
+        self.assertFalse(journey._scan_triggers(now=NOW + timedelta(minutes=2)))
+
+    def confirmed_at(self, partner, when, product=None):
+        with freeze_time(when):
+            order = self.env["sale.order"].create({
+                "partner_id": partner.id,
+                "order_line": [(0, 0, {"product_id": (product or self.product).id,
+                                       "product_uom_qty": 1})],
+            })
+            order.action_confirm()
+        return order
+
+    def test_replenishment_from_the_median_interval(self):
+        # Bought every 30 days (and once after 20): median gap 30 days; next due 30 days
+        # after the last order; the journey enters 5 days before.
+        last = NOW - timedelta(days=25, hours=1)
+        for days_before in (80, 50, 20):
+            self.confirmed_at(self.customer, last - timedelta(days=days_before - 0))
+        last_order = self.confirmed_at(self.customer, last)
+        with freeze_time(NOW - timedelta(hours=2)):
+            journey = self.journey_on("replenishment", trigger_days=5, reentry_policy="per_source")
+        entered = journey._scan_triggers(now=NOW)
+        self.assertEqual(entered.partner_id, self.customer)
+        self.assertEqual(entered.order_id, last_order)
+        self.assertIn(f"product,{self.product.id}", entered.source_ref)
+
+    def test_inactivity_follows_the_customer_rhythm(self):
+        # Orders every 40 days: with the rhythm, a 30-day rule waits for 80 days.
+        start = NOW - timedelta(days=200)
+        for index in range(3):
+            self.confirmed_at(self.customer, start + timedelta(days=40 * index))
+        last = start + timedelta(days=80)  # NOW - 120 days
+        with freeze_time(last + timedelta(days=29)):
+            journey = self.journey_on("inactivity", trigger_days=30, reentry_policy="per_source")
+        self.assertFalse(journey._scan_triggers(now=last + timedelta(days=31)),
+                         "30 days is normal for this customer")
+        entered = journey._scan_triggers(now=last + timedelta(days=81))
+        self.assertEqual(entered.partner_id, self.customer)

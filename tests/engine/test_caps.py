@@ -39,8 +39,14 @@ def by_id(decisions):
 # --------------------------------------------------------------------------- validation
 @pytest.mark.parametrize(
     ("max_messages", "period_hours", "field"),
-    [(0, 24, "max_messages"), (1, 0, "period_hours"), (1.5, 24, "max_messages"),
-     (True, 24, "max_messages"), (1, None, "period_hours"), (-3, 24, "max_messages")],
+    [
+        (0, 24, "max_messages"),
+        (1, 0, "period_hours"),
+        (1.5, 24, "max_messages"),
+        (True, 24, "max_messages"),
+        (1, None, "period_hours"),
+        (-3, 24, "max_messages"),
+    ],
 )
 def test_cap_rule_validation(max_messages, period_hours, field):
     with pytest.raises(ValueError, match=f"frequency cap {field} must be a whole number >= 1"):
@@ -223,7 +229,7 @@ def window_counts_ok(times, instant, rule):
 
 def counted_after(cands, decisions, history, partner, count_transactional):
     times = list(history.get(partner, []))
-    for cand, decision in zip(cands, decisions):
+    for cand, decision in zip(cands, decisions, strict=True):
         if cand.partner_id != partner or decision.action != SEND:
             continue
         if cand.transactional and not count_transactional:
@@ -242,7 +248,7 @@ def test_arbitration_properties(batch):
     assert [d.message_id for d in decisions] == [c.message_id for c in cands]
 
     for partner in {c.partner_id for c in cands}:
-        mine = [(c, d) for c, d in zip(cands, decisions) if c.partner_id == partner]
+        mine = [(c, d) for c, d in zip(cands, decisions, strict=True) if c.partner_id == partner]
         marketing = [(c, d) for c, d in mine if not c.transactional]
         times = counted_after(cands, decisions, history, partner, count_transactional)
 
@@ -268,13 +274,13 @@ def test_arbitration_properties(batch):
             assert until > NOW
             assert decision.reason.startswith("frequency cap: ")
             assert f"next slot {until:%Y-%m-%d %H:%M} UTC" in decision.reason
-            assert all(window_counts_ok(times + [until], until, rule) for rule in rules)
+            assert all(window_counts_ok([*times, until], until, rule) for rule in rules)
             probes = [until - timedelta(microseconds=1)]
             probes += [NOW + (until - NOW) * k / 16 for k in range(16)]
             for probe in probes:
                 if probe > NOW:
                     assert not all(
-                        window_counts_ok(times + [probe], probe, rule) for rule in rules
+                        window_counts_ok([*times, probe], probe, rule) for rule in rules
                     ), probe
 
 
@@ -292,11 +298,13 @@ def test_arbitration_is_deterministic_and_order_independent(batch, rnd):
 def test_large_batch_sends_one_per_partner_under_daily_cap():
     rng = random.Random(7)
     cands = [
-        Candidate(i, rng.randrange(2000), NOW - timedelta(minutes=rng.randrange(600)),
-                  rng.randrange(5))
+        Candidate(
+            i, rng.randrange(2000), NOW - timedelta(minutes=rng.randrange(600)), rng.randrange(5)
+        )
         for i in range(20000)
     ]
     decisions = arbitrate(cands, {}, [DAY_CAP, WEEK_CAP], NOW)
-    sent_partners = [c.partner_id for c, d in zip(cands, decisions) if d.action == SEND]
+    pairs = zip(cands, decisions, strict=True)
+    sent_partners = [c.partner_id for c, d in pairs if d.action == SEND]
     # With a 1-per-day cap and empty history, exactly one send per partner present.
     assert len(sent_partners) == len(set(sent_partners)) == len({c.partner_id for c in cands})

@@ -117,7 +117,7 @@ def test_pick_branch_is_proportional():
     counts = [0] * len(weights)
     for partner in PARTNERS:
         counts[pick_branch("journey-3", "split-9", partner, weights)] += 1
-    for count, weight in zip(counts, weights):
+    for count, weight in zip(counts, weights, strict=True):
         assert within_binomial(count, len(PARTNERS), weight / 100)
 
 

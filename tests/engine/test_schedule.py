@@ -230,7 +230,8 @@ def test_months_clamp_to_month_end_and_keep_local_time():
         2024, 2, 29, 9, 15
     )
     start = utc_of(dt(2024, 2, 15, 9), "Europe/Berlin")
-    assert add_delay(start, 2, "months", "Europe/Berlin") == utc_of(dt(2024, 4, 15, 9), "Europe/Berlin")
+    expected = utc_of(dt(2024, 4, 15, 9), "Europe/Berlin")
+    assert add_delay(start, 2, "months", "Europe/Berlin") == expected
 
 
 def test_zero_delay_is_identity_even_in_a_fold():
@@ -358,7 +359,8 @@ def test_quiet_hours_is_frozen_and_hashable():
 def test_next_allowed_moves_to_local_end_of_quiet_night():
     quiet = QuietHours(21, 8)
     when = utc_of(dt(2024, 6, 3, 22, 10), "Europe/Berlin")
-    assert to_local(next_allowed(when, "Europe/Berlin", quiet), "Europe/Berlin") == dt(2024, 6, 4, 8)
+    result = next_allowed(when, "Europe/Berlin", quiet)
+    assert to_local(result, "Europe/Berlin") == dt(2024, 6, 4, 8)
     allowed = utc_of(dt(2024, 6, 3, 12), "Europe/Berlin")
     assert next_allowed(allowed, "Europe/Berlin", quiet) == allowed
 
@@ -627,7 +629,7 @@ def oracle_best_time(due, window_hours, tz, weights, quiet):
     return best[0] if best else next_allowed(due, tz, quiet)
 
 
-@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     zone_and_instant(),
     st.integers(0, 30),

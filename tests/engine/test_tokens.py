@@ -133,8 +133,21 @@ def test_non_canonical_base64_is_malformed():
 
 @pytest.mark.parametrize(
     "token",
-    ["", ".", "abc", "a.b.c", ".abc", "abc.", "ab$c.def", "abc.de f", "abc=.def", "ééé.abc",
-     None, 123, "a" * 10 + "." + "b" * 43],
+    [
+        "",
+        ".",
+        "abc",
+        "a.b.c",
+        ".abc",
+        "abc.",
+        "ab$c.def",
+        "abc.de f",
+        "abc=.def",
+        "ééé.abc",
+        None,
+        123,
+        "a" * 10 + "." + "b" * 43,
+    ],
 )
 def test_malformed_tokens(token):
     assert reason(verify, SECRET, token, now=NOW) == "malformed"
@@ -212,11 +225,11 @@ def mutations(draw):
     position = draw(st.integers(0, len(token) - 1))
     char = draw(st.sampled_from(BASE64URL + ".=+/ %"))
     if kind == "replace":
-        mutated = token[:position] + char + token[position + 1:]
+        mutated = token[:position] + char + token[position + 1 :]
     elif kind == "insert":
         mutated = token[:position] + char + token[position:]
     elif kind == "delete":
-        mutated = token[:position] + token[position + 1:]
+        mutated = token[:position] + token[position + 1 :]
     elif kind == "swap":
         other = draw(st.integers(0, len(token) - 1))
         chars = list(token)
@@ -229,7 +242,7 @@ def mutations(draw):
     return token, mutated
 
 
-@settings(max_examples=1000)
+@settings(max_examples=400)
 @given(mutations())
 def test_any_mutation_of_a_valid_token_fails(pair):
     token, mutated = pair
@@ -287,8 +300,18 @@ def test_webhook_str_body_is_utf8():
 
 @pytest.mark.parametrize(
     "header",
-    ["", "garbage", f"t={NOW}", "v1=abc", f"t=abc,v1={'0' * 64}", f"t={NOW},t={NOW},v1=00",
-     f"t=-5,v1={'0' * 64}", f"t=١٢٣,v1={'0' * 64}", None, f"t={NOW};v1=00"],
+    [
+        "",
+        "garbage",
+        f"t={NOW}",
+        "v1=abc",
+        f"t=abc,v1={'0' * 64}",
+        f"t={NOW},t={NOW},v1=00",
+        f"t=-5,v1={'0' * 64}",
+        f"t=١٢٣,v1={'0' * 64}",
+        None,
+        f"t={NOW};v1=00",
+    ],
 )
 def test_webhook_malformed_headers(header):
     assert reason(verify_webhook_signature, SECRET, header, BODY, NOW) == "malformed"

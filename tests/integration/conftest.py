@@ -145,6 +145,7 @@ class Delivery:
             })
             journey.action_start()
             past = journey.activated_at - timedelta(minutes=10)
+            env.flush_all()
             env.cr.execute(
                 "UPDATE drip_journey SET activated_at = %s, scan_watermark = %s WHERE id = %s",
                 [past, past, journey.id],
@@ -170,6 +171,7 @@ class Delivery:
                  "order_line": [(0, 0, {"product_id": product.id, "product_uom_qty": 2})]}
                 for partner in partners
             ])
+            env.flush_all()
             env.cr.execute(
                 "UPDATE sale_order SET drip_cart_activity_at = now() AT TIME ZONE 'UTC' "
                 "- interval '3 hours' WHERE id = ANY(%s)", [orders.ids])
@@ -180,6 +182,7 @@ class Delivery:
         with self.db.env() as env:
             env["drip.journey"]._cron_scan_triggers()
         with self.db.env() as env:
+            env.flush_all()
             # The reminder waits 1 hour after abandonment: move the clock, not the code.
             env.cr.execute(
                 """
