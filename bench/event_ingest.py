@@ -44,7 +44,7 @@ import requests
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
 
-from harness import OdooDatabase, free_port, wait_until  # noqa: E402
+from services import OdooDatabase, free_port, wait_until  # noqa: E402
 
 BATCH = 100
 RESULTS = REPO / "bench" / "results"
@@ -286,7 +286,7 @@ class Server:
 
         def up():
             try:
-                return requests.get(f"{self.base}/web/webclient/version_info", timeout=2)
+                return requests.get(f"{self.base}/web/login", timeout=2).status_code == 200
             except requests.RequestException:
                 return None
 

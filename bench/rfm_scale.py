@@ -25,6 +25,9 @@ Writes ``bench/results/rfm_scale.{md,json}`` with the machine, versions and git 
 
 import argparse
 import json
+import os
+import platform
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,14 +36,28 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "integration"))
-sys.path.insert(0, str(REPO / "bench"))
 
-from event_ingest import git_revision, machine  # noqa: E402
-from harness import OdooDatabase  # noqa: E402
+from services import OdooDatabase  # noqa: E402
 
 SIZES = {"small": (10_000, 50_000), "medium": (100_000, 500_000), "large": (1_000_000, 5_000_000)}
 RESULTS = REPO / "bench" / "results"
 SEED = 0.42
+
+
+def git_revision():
+    def git(*args):
+        return subprocess.run(["git", "-C", str(REPO), *args], capture_output=True,
+                              text=True).stdout.strip()
+
+    return (git("rev-parse", "--short", "HEAD") or "no-commit") + (
+        "+dirty" if git("status", "--porcelain") else "")
+
+
+def machine():
+    with open("/proc/meminfo") as meminfo:
+        kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    return {"cores": os.cpu_count(), "memory_gib": kib // 1024 // 1024,
+            "python": platform.python_version()}
 
 
 def clone_rows(cr, table, template_id, source, overrides, params=()):

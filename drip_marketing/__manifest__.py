@@ -23,6 +23,7 @@
         "security/drip_timeline_security.xml",
         "data/drip_event_type_data.xml",
         "data/drip_journey_cron_data.xml",
+        "data/drip_ready_journeys.xml",
         "data/drip_cron_data.xml",
         "views/drip_journey_test_run_views.xml",
         "views/drip_event_type_views.xml",

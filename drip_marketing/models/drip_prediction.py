@@ -381,8 +381,9 @@ class DripPrediction(models.AbstractModel):
             new = max(0.0, fresh.get(pid, 0.0))
             if new < SCORE_EPSILON:
                 new = 0.0
-            if old_at is not None and abs(new - previous) <= 1e-6 * max(1.0, new):
-                continue  # same trajectory: the stored anchor still holds
+            if (old_at is not None and abs(new - previous) <= 1e-6 * max(1.0, new)
+                    and round(new, 1) == round(old, 1)):
+                continue  # same trajectory, same shown value: the stored anchor holds
             ids.append(pid)
             scores.append(new)
             for threshold in scoring.crossings(previous, new, company_setup["thresholds"]):

@@ -52,6 +52,7 @@ class DripScoringRule(models.Model):
                 ("id", "!=", rule.id),
                 ("kind", "=", rule.kind),
                 ("company_id", "=", rule.company_id.id),
+                ("active", "=", True),
             ], limit=1)
             if clash:
                 raise ValidationError(

@@ -84,6 +84,12 @@ class ResCompany(models.Model):
                     raise ValidationError(
                         _("Quiet hours must be times of day between 00:00 and 24:00.")
                     )
+            try:
+                company._drip_quiet_hours()
+            except ValueError as error:
+                raise ValidationError(
+                    _("These quiet hours would never let a message out: %s", error)
+                ) from error
 
     def _drip_quiet_hours(self):
         self.ensure_one()

@@ -7,6 +7,13 @@ from odoo.tools import SQL
 class SaleOrder(models.Model):
     _inherit = "sale.order"
 
+    drip_is_cart = fields.Boolean(
+        string="Shop cart",
+        copy=False,
+        index=True,
+        help="A cart filled by the customer (shop, portal, event API), as opposed to a "
+        "quotation a salesperson prepares: only carts can be 'abandoned'.",
+    )
     drip_cart_activity_at = fields.Datetime(
         string="Cart last changed",
         copy=False,
@@ -29,9 +36,9 @@ class SaleOrder(models.Model):
         # partial index keeps it proportional to the due carts, not to all orders.
         self.env.cr.execute(
             """
-            CREATE INDEX IF NOT EXISTS sale_order_drip_idle_cart_idx
+            CREATE INDEX IF NOT EXISTS sale_order_drip_idle_cart2_idx
                 ON sale_order (drip_cart_activity_at)
-             WHERE state = 'draft' AND drip_abandoned_at IS NULL
+             WHERE state = 'draft' AND drip_abandoned_at IS NULL AND drip_is_cart
                    AND drip_cart_activity_at IS NOT NULL;
             """
         )
@@ -39,14 +46,18 @@ class SaleOrder(models.Model):
     @api.model_create_multi
     def create(self, vals_list):
         now = fields.Datetime.now()
+        # Orders customers create themselves (portal/public users) are carts.
+        by_customer = self.env.user.share
         for vals in vals_list:
+            if by_customer:
+                vals.setdefault("drip_is_cart", True)
             if vals.get("order_line"):
                 vals.setdefault("drip_cart_activity_at", now)
         return super().create(vals_list)
 
     def _drip_touch_cart(self):
         """A cart changed: restart its idle timer and end its running reminders."""
-        drafts = self.filtered(lambda order: order.state == "draft")
+        drafts = self.filtered(lambda order: order.state == "draft" and order.drip_is_cart)
         if not drafts:
             return
         drafts.write({"drip_cart_activity_at": fields.Datetime.now(), "drip_abandoned_at": False})
@@ -76,7 +87,7 @@ class SaleOrder(models.Model):
                 UPDATE sale_order o SET drip_abandoned_at = %(now)s
                  WHERE o.id IN (
                        SELECT c.id FROM sale_order c
-                        WHERE c.state = 'draft' AND c.drip_abandoned_at IS NULL
+                        WHERE c.state = 'draft' AND c.drip_abandoned_at IS NULL AND c.drip_is_cart
                           AND c.drip_cart_activity_at IS NOT NULL
                           AND c.drip_cart_activity_at <= %(idle_before)s
                           AND c.company_id = %(company)s

@@ -187,6 +187,10 @@ class TestConstraints(DripCase):
         )
         with self.assertRaisesRegex(ValidationError, "between 00:00 and 24:00"):
             self.company.drip_quiet_hours_start = 25
+        self.assertRefused(
+            lambda: self.company.write({"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 24}),
+            "never let a message out",
+        )
 
     def test_identity_normalised_and_unique(self):
         identity = self.env["drip.identity"].create(

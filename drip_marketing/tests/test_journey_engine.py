@@ -290,6 +290,7 @@ class TestTriggers(DripCase):
     def cart(self, partner, **values):
         return self.env["sale.order"].create(dict({
             "partner_id": partner.id,
+            "drip_is_cart": True,
             "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 2})],
         }, **values))
 
@@ -479,3 +480,25 @@ class TestTriggers(DripCase):
                          "30 days is normal for this customer")
         entered = journey._scan_triggers(now=last + timedelta(days=81))
         self.assertEqual(entered.partner_id, self.customer)
+
+    def test_quotations_of_salespeople_are_not_carts(self):
+        with freeze_time(NOW):
+            journey = self.journey_on("cart_abandoned", reentry_policy="per_source")
+        with freeze_time(NOW + timedelta(minutes=1)):
+            quotation = self.env["sale.order"].create({
+                "partner_id": self.customer.id,
+                "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 1})],
+            })
+        self.assertFalse(quotation.drip_is_cart)
+        at = NOW + timedelta(hours=3)
+        self.env["sale.order"]._drip_mark_abandoned_carts(now=at)
+        self.assertFalse(quotation.drip_abandoned_at)
+        self.assertFalse(journey._scan_triggers(now=at))
+
+    def test_portal_customer_order_is_a_cart(self):
+        portal = self.env["res.users"].create({
+            "name": "Shopper", "login": "shopper", "email": "shopper@example.com",
+            "groups_id": [(6, 0, [self.env.ref("base.group_portal").id])]})
+        order = self.env["sale.order"].with_user(portal).sudo().create(
+            {"partner_id": portal.partner_id.id})
+        self.assertTrue(order.drip_is_cart)

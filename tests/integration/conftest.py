@@ -20,7 +20,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import (  # noqa: E402
+from services import (  # noqa: E402
     OdooDatabase,
     RedisServer,
     SmtpSink,

@@ -2,7 +2,7 @@
 
 from email.header import decode_header, make_header
 
-from harness import wait_until
+from services import wait_until
 
 
 def _header(message, name):
