@@ -46,6 +46,11 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from services import OdooDatabase, free_port, wait_until  # noqa: E402
 
+
+class BenchDatabase(OdooDatabase):
+    # Own prefix: the delivery tests clean up the databases of theirs.
+    PREFIX = "drip_ingest_bench"
+
 BATCH = 100
 RESULTS = REPO / "bench" / "results"
 
@@ -345,7 +350,7 @@ def main():
     batches = max(1, args.events // BATCH)
     workdir = Path(tempfile.mkdtemp(prefix="drip-bench-ingest-"))
     print(f"building the database in {workdir} …", flush=True)
-    db = OdooDatabase(workdir).create()
+    db = BenchDatabase(workdir).create()
     results = []
     try:
         db.open_registry()

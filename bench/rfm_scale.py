@@ -39,6 +39,13 @@ sys.path.insert(0, str(REPO / "tests" / "integration"))
 
 from services import OdooDatabase  # noqa: E402
 
+
+class RfmDatabase(OdooDatabase):
+    """The harness database under a prefix of its own (other suites clean up theirs)."""
+
+    PREFIX = "drip_bench_rfm"
+
+
 SIZES = {"small": (10_000, 50_000), "medium": (100_000, 500_000), "large": (1_000_000, 5_000_000)}
 RESULTS = REPO / "bench" / "results"
 SEED = 0.42
@@ -170,7 +177,7 @@ def main():
     customers, orders = SIZES[args.size]
     workdir = Path(tempfile.mkdtemp(prefix="drip-bench-rfm-"))
     print(f"building the database in {workdir} …", flush=True)
-    db = OdooDatabase(workdir).create()
+    db = RfmDatabase(workdir).create()
     now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
     results = []
     try:

@@ -102,7 +102,7 @@ def test_test_command_without_odoo_skips_loudly_and_passes(tmp_path):
     result = run([str(SCRIPTS / "test"), str(sample)], env, timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
-    assert "ODOO-LEVEL TESTS SKIPPED: no Odoo 18 tree" in out
+    assert "ODOO-LEVEL TESTS SKIPPED: no Odoo 18.0 tree" in out
     last = result.stdout.strip().splitlines()[-1]
     assert re.match(r"^=+ 1 passed in \S+ \(all stages: PASS\) =+$", last), last
 

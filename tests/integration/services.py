@@ -313,8 +313,10 @@ class OdooDatabase:
                           "--stop-after-init", f"--data-dir={data_dir}"),
             env=self.env_vars(), capture_output=True, text=True, timeout=1800,
         )
-        if result.returncode:
-            raise RuntimeError(f"installing drip_marketing failed:\n{result.stderr[-4000:]}")
+        if result.returncode or not self._exists(cr, building) or "ERROR" in result.stderr:
+            raise RuntimeError(
+                f"installing drip_marketing failed ({result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-6000:]}")
         cr.execute(f'ALTER DATABASE "{building}" RENAME TO "{self.template}"')
         store = data_dir / "filestore" / building
         if store.exists():
