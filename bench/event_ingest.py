@@ -24,6 +24,7 @@ into ``bench/results/event_ingest.{md,json}``.
 """
 
 import argparse
+import contextlib
 import gzip
 import json
 import os
@@ -39,6 +40,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psutil
 import requests
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +54,7 @@ class BenchDatabase(OdooDatabase):
     PREFIX = "drip_ingest_bench"
 
 BATCH = 100
+CORES = 2  # the machine of BENCHMARKS.md
 RESULTS = REPO / "bench" / "results"
 
 
@@ -314,13 +317,37 @@ class Server:
                     counts.append(int(match.group(1)))
         return statistics.median(counts) if counts else None
 
+    def cpu_seconds(self):
+        """(odoo-bin processes, PostgreSQL backends of the database) CPU seconds so far."""
+        odoo = 0.0
+        try:
+            root = psutil.Process(self.process.pid)
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = proc.cpu_times()
+                    odoo += times.user + times.system
+        except psutil.Error:
+            pass
+        pg = 0.0
+        for proc in psutil.process_iter(["name", "cmdline"]):
+            with contextlib.suppress(psutil.Error):
+                if proc.info["name"] == "postgres" and self.db.dbname in " ".join(
+                        proc.info["cmdline"] or []):
+                    times = proc.cpu_times()
+                    pg += times.user + times.system
+        return odoo, pg
+
     def log_size(self):
         return self.log_path.stat().st_size if self.log_path.exists() else 0
 
 
 def scenario(server, name, bodies, clients, send, path, events_per_body=BATCH):
     mark = server.log_size()
+    odoo_before, pg_before = server.cpu_seconds()
+    load_before = os.getloadavg()[0]
     wall, latencies = run_clients(bodies, clients, send)
+    odoo_cpu, pg_cpu = (after - before for after, before in
+                        zip(server.cpu_seconds(), (odoo_before, pg_before), strict=True))
     time.sleep(0.5)  # let the workers flush their log lines
     events = len(bodies) * events_per_body
     latencies.sort()
@@ -330,10 +357,19 @@ def scenario(server, name, bodies, clients, send, path, events_per_body=BATCH):
         "p50_ms": round(1000 * latencies[len(latencies) // 2], 1),
         "p95_ms": round(1000 * latencies[int(len(latencies) * 0.95) - 1], 1),
         "queries_per_request": server.queries(path, mark),
+        "odoo_cpu_ms_per_request": round(1000 * odoo_cpu / len(bodies), 1),
+        "pg_cpu_ms_per_request": round(1000 * pg_cpu / len(bodies), 1),
+        # What the server's own CPU time allows on CORES dedicated cores: a figure that
+        # does not depend on what else runs on this (shared) machine.
+        "cpu_bound_events_per_s": round(CORES * events / max(odoo_cpu + pg_cpu, 1e-9), 1),
+        "load_average": round((load_before + os.getloadavg()[0]) / 2, 1),
     }
     print(f"  {name:14s} {result['events_per_s']:>9.1f} events/s  "
           f"p50 {result['p50_ms']} ms  p95 {result['p95_ms']} ms  "
-          f"queries/request {result['queries_per_request']}", flush=True)
+          f"queries/request {result['queries_per_request']}  CPU/request odoo "
+          f"{result['odoo_cpu_ms_per_request']} ms + pg {result['pg_cpu_ms_per_request']} ms "
+          f"-> {result['cpu_bound_events_per_s']} events/s on {CORES} cores "
+          f"(load {result['load_average']})", flush=True)
     return result
 
 
@@ -393,8 +429,9 @@ def main():
             db.drop()
     by_name = {r["scenario"]: r for r in results}
     for result in results:
-        result["x_rpc_naive"] = round(result["events_per_s"] / by_name["rpc_naive"]["events_per_s"], 1)
-        result["x_rpc_batch"] = round(result["events_per_s"] / by_name["rpc_batch"]["events_per_s"], 2)
+        naive, batch = by_name["rpc_naive"], by_name["rpc_batch"]
+        result["x_rpc_naive"] = round(result["events_per_s"] / naive["events_per_s"], 1)
+        result["x_rpc_batch"] = round(result["events_per_s"] / batch["events_per_s"], 2)
     report = {
         "benchmark": "event_ingest", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_revision(), "machine": machine(), "versions": versions,
@@ -410,15 +447,27 @@ def main():
         f"{report['machine']['memory_gib']} GiB · PostgreSQL {versions['postgresql']} · "
         f"Odoo {versions['odoo']} · odoo-bin --workers={args.workers} · {args.clients} "
         f"client threads · {args.customers} customers", "",
-        "| scenario | events | events/s | p50 ms | p95 ms | SQL/request | × rpc_naive | × rpc_batch |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| scenario | events | events/s | × rpc_naive | × rpc_batch | p50 ms | p95 ms | "
+        "SQL/request | Odoo CPU ms/request | PG CPU ms/request | CPU-bound events/s "
+        f"({CORES} cores) | load avg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
-        lines.append(f"| {r['scenario']} | {r['events']} | {r['events_per_s']} | {r['p50_ms']} | "
-                     f"{r['p95_ms']} | {r['queries_per_request']} | {r['x_rpc_naive']} | "
-                     f"{r['x_rpc_batch']} |")
-    met = by_name["api_known"]["events_per_s"] >= 5000
-    lines += ["", f"Target ≥ 5,000 events/s (api_known): **{'met' if met else 'missed'}**."]
+        lines.append(f"| {r['scenario']} | {r['events']} | {r['events_per_s']} | "
+                     f"{r['x_rpc_naive']} | {r['x_rpc_batch']} | {r['p50_ms']} | "
+                     f"{r['p95_ms']} | {r['queries_per_request']} | "
+                     f"{r['odoo_cpu_ms_per_request']} | {r['pg_cpu_ms_per_request']} | "
+                     f"{r['cpu_bound_events_per_s']} | {r['load_average']} |")
+    known = by_name["api_known"]
+    met = known["events_per_s"] >= 5000
+    lines += [
+        "", f"Target ≥ 5,000 events/s (api_known): **{'met' if met else 'missed'}** "
+        f"({known['events_per_s']} events/s measured at load average "
+        f"{known['load_average']}; the server's own CPU time allows "
+        f"{known['cpu_bound_events_per_s']} events/s on {CORES} dedicated cores).",
+        "", "SQL/request counts the statements Odoo's cursor logs; the batched INSERTs "
+        "(psycopg2 execute_values) are not in it: add 2 (events, identities).",
+    ]
     (RESULTS / "event_ingest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -39,6 +39,7 @@
         "views/drip_enrollment_views.xml",
         "views/drip_message_views.xml",
         "views/drip_journey_views.xml",
+        "views/drip_journey_diagram_views.xml",
         "views/res_partner_views.xml",
         "views/res_config_settings_views.xml",
         "views/menus.xml",
@@ -55,5 +56,14 @@
     ],
     "demo": [
         "demo/drip_marketing_demo.xml",
+        "demo/drip_prediction_demo.xml",
     ],
+    "assets": {
+        "web.assets_backend": [
+            "drip_marketing/static/src/journey_diagram/*",
+        ],
+        "web.assets_tests": [
+            "drip_marketing/static/tests/tours/*",
+        ],
+    },
 }

@@ -202,7 +202,7 @@ _KEY_CACHE_SIZE = 1024
 
 
 def check_api_key(cr, key):
-    """``(user id, key id)`` of a valid API key, else None.
+    """``(user id, key id, company id)`` of a valid API key, else None.
 
     Odoo's own check (``res.users.apikeys._check_credentials``) plus the key's id, for a
     rate limit per key. The query runs every time, so a revoked or expired key stops at
@@ -213,7 +213,7 @@ def check_api_key(cr, key):
         return None
     cr.execute(
         """
-        SELECT k.id, k.user_id, k.key
+        SELECT k.id, k.user_id, u.company_id, k.key
           FROM res_users_apikeys k JOIN res_users u ON u.id = k.user_id
          WHERE u.active AND k.index = %s AND (k.scope IS NULL OR k.scope = %s)
            AND (k.expiration_date IS NULL OR k.expiration_date >= now() at time zone 'utc')
@@ -221,18 +221,18 @@ def check_api_key(cr, key):
         [key[:INDEX_SIZE], API_SCOPE],
     )
     digest = hashlib.sha256(key.encode()).hexdigest()
-    for key_id, user_id, hashed in cr.fetchall():
+    for key_id, user_id, company_id, hashed in cr.fetchall():
         memo = (key_id, hashed, digest)
         with _KEY_CACHE_LOCK:
             if memo in _KEY_CACHE:
                 _KEY_CACHE.move_to_end(memo)
-                return user_id, key_id
+                return user_id, key_id, company_id
         if KEY_CRYPT_CONTEXT.verify(key, hashed):
             with _KEY_CACHE_LOCK:
                 _KEY_CACHE[memo] = True
                 while len(_KEY_CACHE) > _KEY_CACHE_SIZE:
                     _KEY_CACHE.popitem(last=False)
-            return user_id, key_id
+            return user_id, key_id, company_id
     return None
 
 
@@ -384,12 +384,12 @@ class DripEventApiController(http.Controller):
         if httprequest.mimetype != "application/json":
             raise ApiError(415, "unsupported_media_type",
                            "Send the batch as Content-Type: application/json.")
-        user, key_id = self._drip_authenticate(request.env, httprequest)
-        env = user.env  # events, customers and identities are created by the key's user
+        env, key_id = self._drip_authenticate(request.env, httprequest)
         body = parse_json(read_body(httprequest, MAX_BODY_BYTES))
-        company = user.company_id
+        company = env.company
         now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-        events, errors = validate_events(body, now, company.country_id.code or "CN")
+        region = env["drip.ingest"]._company_region(company.id)
+        events, errors = validate_events(body, now, region)
         source = env["drip.source"]._event_api_source(company)
         allowed, retry_after = env["drip.ingest"]._rate_limit(
             f"apikey:{key_id}", len(events), source.rate_limit, source.rate_burst
@@ -414,15 +414,14 @@ class DripEventApiController(http.Controller):
         remote = httprequest.remote_addr
         for event in events:
             event["source_ip"] = remote
-        # Savepoint: a concurrent request may store one of our keys first; then none of
-        # this batch is kept and the client is told which keys to drop.
-        with env.cr.savepoint() as savepoint:
-            results = ingest._ingest(events, source, now=now)
-            raced = {events[position]["idempotency_key"]
-                     for position, result in enumerate(results) if result.get("duplicate")}
-            if raced:
-                savepoint.rollback()
+        results = ingest._ingest(events, source, now=now, keys_checked=True)
+        raced = {events[position]["idempotency_key"]
+                 for position, result in enumerate(results) if result.get("duplicate")}
         if raced:
+            # Another request stored one of these keys meanwhile (PostgreSQL usually
+            # reports it as a serialization failure, and Odoo retries the request): keep
+            # none of this batch.
+            env.cr.rollback()
             env.invalidate_all()
             raise self._drip_replay_error(events, raced)
         return json_response({
@@ -441,18 +440,19 @@ class DripEventApiController(http.Controller):
             raise ApiError(401, "invalid_api_key", "This API key is unknown, revoked or expired.",
                            headers=[("WWW-Authenticate",
                                      'Bearer realm="drip", error="invalid_token"')])
-        user_id, key_id = found
-        user_env = env(user=user_id)
+        user_id, key_id, company_id = found
+        # Events, customers and identities are created by the key's user, in its company.
+        user_env = env(user=user_id, context=dict(env.context, allowed_company_ids=[company_id]))
         if not user_env["drip.event"].has_access("create"):
             raise ApiError(403, "forbidden",
                            "The key's user may not record events: give them the "
                            "'Drip Marketing / Manager' group.")
-        return user_env.user, key_id
+        return user_env, key_id
 
     def _drip_check_references(self, env, company, events):
         """Event types, partners, products and orders exist (one query per kind)."""
         errors = []
-        types = env["drip.event.type"].sudo()._by_name({e["type"] for e in events if "type" in e})
+        types = env["drip.event.type"]._ingest_types({e["type"] for e in events if "type" in e})
         partner_ids = {e["partner_id"] for e in events if "partner_id" in e}
         product_ids = {e["product_id"] for e in events if "product_id" in e}
         order_ids = {e["order_id"] for e in events if "order_id" in e}
@@ -476,12 +476,12 @@ class DripEventApiController(http.Controller):
                                "message": f"events[{index}].type: unknown event type "
                                f"'{event['type']}' (see Drip Marketing > Configuration > "
                                "Event types)."})
-            elif event_type.is_internal:
+            elif event_type[1]:
                 errors.append({"index": index, "field": "type", "code": "internal_event_type",
                                "message": f"events[{index}].type: '{event['type']}' is "
                                "recorded by Odoo itself and cannot be posted."})
             else:
-                event["event_type_id"] = event_type.id
+                event["event_type_id"] = event_type[0]
                 event["name"] = event["type"]
             for field, found, label in (("partner_id", partners, "customer"),
                                         ("product_id", {k[1] for k in products}, "product"),
@@ -489,7 +489,7 @@ class DripEventApiController(http.Controller):
                 if field in event and event[field] not in found:
                     errors.append({"index": index, "field": field, "code": f"unknown_{field[:-3]}",
                                    "message": f"events[{index}].{field}: no {label} with id "
-                                   f"{event[field]} in this company."})
+                                   f"{event[field]}."})
             event["call_type"] = "track"
             event["payload"] = event.pop("properties", None)
         return errors

@@ -264,7 +264,7 @@ class DripSegmentController(http.Controller):
                                f"Over {source.rate_limit} events per second for this write "
                                "key; retry later.",
                                headers=[("Retry-After", str(max(1, math.ceil(retry_after))))])
-        region = source.company_id.country_id.code or "CN"
+        region = env["drip.ingest"]._company_region(source.company_id.id)
         call = None if is_batch else ENDPOINTS[endpoint]
         events = [event for index, message in enumerate(messages)
                   if (event := normalize_message(message, index, call, received_at, batch,
@@ -291,7 +291,7 @@ class DripSegmentController(http.Controller):
     def _drip_resolve(self, env, company, events):
         """Event types by name, products by sku / id, orders by name / id: one query each."""
         names = {event["name"] for event in events if event["call_type"] == "track"}
-        types = env["drip.event.type"].sudo()._by_name(names | {"page_viewed"})
+        types = env["drip.event.type"]._ingest_types(names | {"page_viewed"})
         page_type = types.get("page_viewed")
         ingest = env["drip.ingest"]
         refs = [event.pop("product_ref", None) for event in events]
@@ -310,10 +310,10 @@ class DripSegmentController(http.Controller):
                 event_type = types.get(event["name"])
                 # Types Odoo records itself cannot be posted: kept, but trigger nothing.
                 event["event_type_id"] = (
-                    event_type.id if event_type and not event_type.is_internal else None
+                    event_type[0] if event_type and not event_type[1] else None
                 )
             elif event["call_type"] in ("page", "screen") and page_type:
-                event["event_type_id"] = page_type.id
+                event["event_type_id"] = page_type[0]
             event["product_id"] = products.get(product_ref) if product_ref else None
             event["order_id"] = orders.get(order_ref) if order_ref else None
 

@@ -252,9 +252,8 @@ def _expected_given_alive_quadrature(params, t, x, T, nodes=64):
         p = (1 + s) / 2
         base = alpha + T[rows]
         t_rows = t[rows]
-        inner = -np.expm1(
-            (r + value) * (np.log(base)[:, None] - np.log(base[:, None] + p[None, :] * t_rows[:, None]))
-        ) / p[None, :]
+        shifted = np.log(base[:, None] + p[None, :] * t_rows[:, None])
+        inner = -np.expm1((r + value) * (np.log(base)[:, None] - shifted)) / p[None, :]
         result[rows] = inner @ w / w.sum()
     return result
 

@@ -97,7 +97,9 @@ def _check_half_life(half_life_days):
         or not math.isfinite(half_life_days)
         or half_life_days <= 0
     ):
-        raise ValueError(f"the half-life must be a positive number of days, got {half_life_days!r}")
+        raise ValueError(
+            f"the half-life must be a positive number of days, got {half_life_days!r}"
+        )
 
 
 def age_days(at, as_of):
@@ -128,9 +130,8 @@ def contributions(facts, as_of, half_life_days, points):
         if fact.at > as_of:
             continue
         value = points.get(fact.kind, 0.0)
-        result.append(
-            Contribution(fact, value, value * decay_factor(age_days(fact.at, as_of), half_life_days))
-        )
+        factor = decay_factor(age_days(fact.at, as_of), half_life_days)
+        result.append(Contribution(fact, value, value * factor))
     return result
 
 

@@ -24,3 +24,6 @@ from . import mail_thread
 from . import drip_ingest
 from . import drip_scoring_rule
 from . import drip_prediction
+from . import product_template
+from . import drip_recommendation
+from . import drip_offer

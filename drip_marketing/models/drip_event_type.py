@@ -1,4 +1,4 @@
-from odoo import _, api, fields, models
+from odoo import _, api, fields, models, tools
 from odoo.exceptions import ValidationError
 
 
@@ -58,3 +58,39 @@ class DripEventType(models.Model):
                 if alias.strip():
                     mapping[alias.strip()] = event_type
         return {name: mapping.get(name) for name in names}
+
+    # Ingestion resolves names on every request: a cached map, cleared on any change.
+    @api.model_create_multi
+    def create(self, vals_list):
+        self.env.registry.clear_cache()
+        return super().create(vals_list)
+
+    def write(self, vals):
+        if {"code", "external_names", "active", "is_internal"} & vals.keys():
+            self.env.registry.clear_cache()
+        return super().write(vals)
+
+    def unlink(self):
+        self.env.registry.clear_cache()
+        return super().unlink()
+
+    @api.model
+    def _ingest_types(self, names):
+        """{name: (type id, is internal) or None} for the event API and Segment calls.
+
+        The same mapping as :meth:`_by_name`, from a per-process cache (no query): codes
+        and their other names of the active types.
+        """
+        mapping = self._ingest_type_map()
+        return {name: mapping.get(name) for name in names}
+
+    @tools.ormcache()
+    def _ingest_type_map(self):
+        mapping = {}
+        for event_type in self.sudo().search([]):
+            entry = (event_type.id, event_type.is_internal)
+            for alias in (event_type.external_names or "").split(","):
+                if alias.strip():
+                    mapping.setdefault(alias.strip(), entry)
+            mapping[event_type.code] = entry
+        return mapping

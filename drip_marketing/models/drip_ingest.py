@@ -374,6 +374,21 @@ class DripIngest(models.AbstractModel):
 
     # ------------------------------------------------------------------ lookups
     @api.model
+    def _company_region(self, company_id):
+        """ISO country code phone numbers without a country code are read in (CN if none)."""
+        self.env.cr.execute(
+            """
+            SELECT country.code FROM res_company company
+              JOIN res_partner partner ON partner.id = company.partner_id
+              JOIN res_country country ON country.id = partner.country_id
+             WHERE company.id = %s
+            """,
+            [company_id],
+        )
+        row = self.env.cr.fetchone()
+        return row[0] if row else "CN"
+
+    @api.model
     def _existing_keys(self, company, keys):
         """The idempotency keys of ``keys`` already stored in ``company``."""
         keys = [key for key in keys if key]
@@ -471,7 +486,7 @@ class DripIngest(models.AbstractModel):
 
     # ------------------------------------------------------------------ ingestion
     @api.model
-    def _ingest(self, events, source, now=None):
+    def _ingest(self, events, source, now=None, keys_checked=False):
         """Store a validated batch; return one dict per event: ``id`` or ``duplicate``.
 
         ``events``: dicts with ``call_type``, ``name``, ``event_type_id``,
@@ -479,18 +494,20 @@ class DripIngest(models.AbstractModel):
         value}), optional ``partner_id``, ``previous_id``, ``traits``, ``product_id``,
         ``order_id``, ``payload``, ``context``, ``source_ip``. Events whose key is
         already stored (or repeated in the batch) are skipped and reported as
-        ``duplicate``; they change nothing.
+        ``duplicate``; they change nothing. ``keys_checked``: the caller already looked
+        the keys up in this transaction (the event API refuses replays).
         """
         return self.sudo().with_context(**{
             INGEST_CONTEXT_KEY: True, "tracking_disable": True, "mail_create_nolog": True,
             "mail_notrack": True,
-        })._ingest_batch(events, source, now)
+        })._ingest_batch(events, source, now, keys_checked)
 
-    def _ingest_batch(self, events, source, now):
+    def _ingest_batch(self, events, source, now, keys_checked):
         company = source.company_id
         now = now or fields.Datetime.now()
         results = [{"index": event.get("index", i)} for i, event in enumerate(events)]
-        stored = self._existing_keys(company, [event.get("idempotency_key") for event in events])
+        stored = set() if keys_checked else self._existing_keys(
+            company, [event.get("idempotency_key") for event in events])
         seen, batch = set(), []
         for result, event in zip(results, events, strict=True):
             key = event.get("idempotency_key")
@@ -552,7 +569,9 @@ class DripIngest(models.AbstractModel):
                                if link[0] in ("anonymous_id", "user_id")])
 
         # 7. traits of identified customers (identify calls, API traits).
-        owners = {key: resolve(pid) for key, pid in known.items()}
+        # Email / phone fill the customer's fields only when linked by this batch.
+        owners = {(kind, value): pid for kind, value, pid, _index in links
+                  if kind in CONTACT_KINDS}
         self._apply_traits(todo, partners, owners, placeholders)
         self.env["drip.event"].invalidate_model()
         self.env["drip.identity"].invalidate_model()

@@ -167,6 +167,11 @@ class DripJourney(models.Model):
     converted_count = fields.Integer(compute="_compute_statistics", string="Converted")
     currency_id = fields.Many2one(related="company_id.currency_id")
     revenue = fields.Monetary(compute="_compute_statistics", currency_field="currency_id")
+    diagram_data = fields.Json(
+        compute="_compute_diagram_data",
+        help="The step tree with branch labels and live counts, drawn by the journey "
+        "diagram widget.",
+    )
 
     _sql_constraints = [
         (
@@ -231,6 +236,39 @@ class DripJourney(models.Model):
             journey.clicked_count = clicked
             journey.converted_count = converted
             journey.revenue = revenue
+
+    @api.depends("step_ids", "step_ids.parent_id", "step_ids.name", "step_ids.step_type",
+                 "step_ids.step_trigger", "step_ids.delay_value", "step_ids.delay_unit",
+                 "step_ids.split_weight", "step_ids.template_id", "step_ids.channel")
+    def _compute_diagram_data(self):
+        triggers = dict(self.env["drip.step"]._fields["step_trigger"]._description_selection(
+            self.env))
+        types = dict(self.env["drip.step"]._fields["step_type"]._description_selection(self.env))
+        for journey in self:
+            steps = journey.step_ids.sorted(lambda s: (s.sequence, s._origin.id or 0))
+            # Steps being edited in the form have no database id yet: key them by position.
+            keys = {step: step._origin.id or f"new-{index}" for index, step in enumerate(steps)}
+            journey.diagram_data = {
+                "trigger": dict(self._fields["trigger"]._description_selection(self.env)).get(
+                    journey.trigger, ""),
+                "goal": dict(self._fields["goal_type"]._description_selection(self.env)).get(
+                    journey.goal_type, ""),
+                "nodes": [
+                    {
+                        "id": keys[step],
+                        "parent_id": keys.get(step.parent_id, step.parent_id._origin.id or False),
+                        "name": step.name or "",
+                        "type": step.step_type,
+                        "type_label": types.get(step.step_type, ""),
+                        "branch": step._branch_label(triggers),
+                        "delay": step._delay_label(),
+                        "template": step.template_id.name or "",
+                        "channel": step.channel if step.step_type == "send" else "",
+                        "counts": step._origin._diagram_counts() if step._origin else {},
+                    }
+                    for step in steps
+                ],
+            }
 
     @api.constrains("entry_domain", "goal_domain", "goal_type")
     def _check_domains(self):

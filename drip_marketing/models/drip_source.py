@@ -96,13 +96,17 @@ class DripSource(models.Model):
         """The active source of ``write_key`` (sudo), or an empty recordset."""
         if not write_key or not isinstance(write_key, str) or len(write_key) > 128:
             return self.sudo().browse()
-        return self.sudo().search([("write_key", "=", write_key)], limit=1)
+        return self.sudo().search_fetch(
+            [("write_key", "=", write_key)],
+            ["company_id", "rate_limit", "rate_burst", "unknown_partner_policy"], limit=1,
+        )
 
     @api.model
     def _event_api_source(self, company):
         """The source standing for the event API in ``company``, created on first use."""
-        source = self.sudo().with_context(active_test=False).search(
-            [("is_event_api", "=", True), ("company_id", "=", company.id)], limit=1
+        source = self.sudo().with_context(active_test=False).search_fetch(
+            [("is_event_api", "=", True), ("company_id", "=", company.id)],
+            ["company_id", "rate_limit", "rate_burst", "unknown_partner_policy"], limit=1,
         )
         if not source:
             source = self.sudo().create(

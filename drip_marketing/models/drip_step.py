@@ -277,8 +277,29 @@ class DripStep(models.Model):
             name=self.name,
         )
 
+    def _branch_label(self, trigger_labels):
+        """How the diagram labels the edge from the parent: yes/no, A/B weight, outcome."""
+        self.ensure_one()
+        if self.step_trigger == "branch":
+            return _("%(name)s · %(weight)s%%", name=self.name, weight=f"{self.split_weight:g}")
+        if self.step_trigger == "after":
+            return ""
+        return trigger_labels.get(self.step_trigger, "")
+
     def _delay_label(self):
         self.ensure_one()
         if not self.delay_value:
             return _("immediately")
-        return _("after %(value)s %(unit)s", value=self.delay_value, unit=self.delay_unit)
+        units = dict(self._fields["delay_unit"]._description_selection(self.env))
+        return _("after %(value)s %(unit)s", value=self.delay_value,
+                 unit=units.get(self.delay_unit, self.delay_unit).lower())
+
+    def _diagram_counts(self):
+        self.ensure_one()
+        return {
+            "scheduled": self.scheduled_count,
+            "sent": self.sent_count,
+            "opened": self.opened_count,
+            "clicked": self.clicked_count,
+            "converted": self.converted_count,
+        }

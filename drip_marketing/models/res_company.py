@@ -1,6 +1,7 @@
 from odoo import _, api, fields, models
-from odoo.addons.base.models.res_partner import _tz_get
 from odoo.exceptions import ValidationError
+
+from odoo.addons.base.models.res_partner import _tz_get
 
 from ..engine.schedule import QuietHours
 

@@ -11,3 +11,4 @@ from . import test_merge_privacy
 from . import test_tag_rules
 from . import test_attribution
 from . import test_predictions
+from . import test_tour_diagram

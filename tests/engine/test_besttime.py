@@ -140,7 +140,9 @@ def test_dst_keeps_the_local_hour():
 def test_best_time_respects_quiet_hours():
     """A late reader's favourite hour is inside the store's quiet hours: the message goes
     at their best allowed hour of the window, never in quiet hours."""
-    counts = besttime.histogram([how(d, 22) for d in range(7)] * 4 + [how(d, 20) for d in range(7)] * 2)
+    counts = besttime.histogram(
+        [how(d, 22) for d in range(7)] * 4 + [how(d, 20) for d in range(7)] * 2
+    )
     weights = besttime.weights_for(besttime.sparse(counts), STORE)
     quiet = QuietHours(21, 8)
     due = MONDAY + timedelta(hours=9)  # Monday 09:00 UTC
@@ -150,8 +152,8 @@ def test_best_time_respects_quiet_hours():
     assert not is_quiet(chosen, "UTC", quiet)
     assert chosen == MONDAY + timedelta(hours=20)
     # A customer whose every habit is quiet falls back to the store's pattern.
-    night_owl = besttime.weights_for(besttime.sparse(besttime.histogram([how(0, 2)] * 30)), STORE)
-    assert best_time_in_window(due, 24, "UTC", night_owl, quiet=quiet) == MONDAY + timedelta(hours=10)
+    owl = besttime.weights_for(besttime.sparse(besttime.histogram([how(0, 2)] * 30)), STORE)
+    assert best_time_in_window(due, 24, "UTC", owl, quiet=quiet) == MONDAY + timedelta(hours=10)
 
 
 @settings(max_examples=150, deadline=None)

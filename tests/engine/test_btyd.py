@@ -151,7 +151,8 @@ def test_population_expectation_matches_simulation():
     rng = np.random.default_rng(3)
     T = np.full(200000, 180.0)
     x, _t_x = btyd.simulate(TRUE, T, rng)
-    assert x.mean() == pytest.approx(float(btyd.expected_purchases_population(TRUE, 180.0)), rel=0.03)
+    expected = float(btyd.expected_purchases_population(TRUE, 180.0))
+    assert x.mean() == pytest.approx(expected, rel=0.03)
 
 
 def test_conditional_expectation_matches_simulation():
@@ -200,7 +201,8 @@ def test_closed_form_agrees_with_quadrature_near_a_equal_one():
     above = btyd.expected_purchases(BGNBDParams(0.8, 60.0, 1.02, 4.0), t, x, x * 10, T)
     at = btyd.expected_purchases(near_one, t, x, x * 10, T)
     assert np.all(np.isfinite(at))
-    assert np.all((np.minimum(below, above) <= at * 1.001) & (at <= np.maximum(below, above) * 1.001))
+    low, high = np.minimum(below, above), np.maximum(below, above)
+    assert np.all((low <= at * 1.001) & (at <= high * 1.001))
 
 
 def test_median_next_order_is_the_median():

@@ -167,7 +167,7 @@ class Delivery:
                 for i in range(count)
             ])
             orders = env["sale.order"].create([
-                {"partner_id": partner.id,
+                {"partner_id": partner.id, "drip_is_cart": True,
                  "order_line": [(0, 0, {"product_id": product.id, "product_uom_qty": 2})]}
                 for partner in partners
             ])

@@ -1,0 +1,1 @@
+from . import drip_funnel_report
