@@ -281,8 +281,11 @@ class Server:
         self.log_path = db.workdir / "server.log"
 
     def __enter__(self):
+        # -d without --db-filter: Odoo then serves that database without listing the
+        # databases (a new PostgreSQL connection) on every request that has no session,
+        # which API calls never have.
         args = ["-c", str(self.db.conf), "-d", self.db.dbname, f"--http-port={self.port}",
-                f"--db-filter=^{self.db.dbname}$", "--max-cron-threads=0",
+                "--max-cron-threads=0",
                 "--log-level=info", f"--logfile={self.log_path}", "--limit-time-real=600",
                 "--limit-memory-soft=4294967296", "--limit-memory-hard=5368709120",
                 f"--gevent-port={free_port()}"]

@@ -389,9 +389,12 @@ def quality(env, cutoff):
     pattern = np.asarray(company.drip_best_time_pattern, dtype=float)
     store_best = int(np.argmax(pattern))
 
-    def within(predicted, actual, hours=2):
-        distance = np.abs(predicted - actual) % 168
-        return np.minimum(distance, 168 - distance) <= hours
+    def within(predicted, actual, hours=2, period=168):
+        distance = np.abs(predicted - actual) % period
+        return np.minimum(distance, period - distance) <= hours
+
+    def within_day(predicted, actual, hours=2):
+        return within(np.asarray(predicted) % 24, actual % 24, hours, 24)
 
     predicted = np.array([stored[p][0] if stored[p][0] >= 0 else store_best
                           for p in held[:, 0]])
@@ -410,6 +413,10 @@ def quality(env, cutoff):
         "baseline, same thin customers": float(
             within(store_best, held[:, 1])[(history_size > 0) & (history_size < 5)].mean()),
         "share of opens by customers without history": float((~has_history).mean()),
+        "time of day only, ours: within ±2 h of the best hour's time of day": float(
+            within_day(predicted, held[:, 1]).mean()),
+        "time of day only, baseline: store's best hour's time of day": float(
+            within_day(store_best, held[:, 1]).mean()),
     }
     # Sweep of the prior strength and the smoothing (the defaults' justification).
     partner_ids = sorted({int(p) for p in held[:, 0]})

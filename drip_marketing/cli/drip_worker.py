@@ -3,13 +3,13 @@
 ::
 
     odoo-bin drip-worker -c odoo.conf -d DB [--queues drip_transactional,drip_bulk]
-                         [--workers N] [--burst] [--redis-url redis://…] [--max-jobs N]
+                         [--processes N] [--burst] [--redis-url redis://…] [--max-jobs N]
 
 Each worker process opens the Odoo registry of ``DB`` once and runs an RQ
 ``SimpleWorker``: jobs run in the process itself, never in a forked child, because
 Odoo's registry and connection pool must not cross a ``fork()``. RQ's scheduler (which
 runs delayed retries) runs as a thread of the worker instead of a forked process for
-the same reason. ``--workers N`` starts N such processes; they are forked *before* any
+the same reason. ``--processes N`` starts N such processes; they are forked *before* any
 registry or database connection exists, and restarted when they stop (after
 ``--max-jobs`` jobs, or past Odoo's ``limit_memory_soft``), which keeps memory flat.
 
@@ -123,8 +123,9 @@ class DripWorker(Command):
         group.add_option("--queues", dest="drip_queues", default="",
                          help="Comma-separated RQ queues, in priority order "
                               "(default: the transactional then the bulk queue of Settings).")
-        group.add_option("--workers", dest="drip_workers", type="int", default=1,
-                         help="Number of worker processes (default 1).")
+        group.add_option("--processes", dest="drip_workers", type="int", default=1,
+                         help="Worker processes to run (default 1; Odoo's own --workers "
+                              "is about HTTP workers).")
         group.add_option("--burst", dest="drip_burst", action="store_true", default=False,
                          help="Stop when the queues are empty.")
         group.add_option("--redis-url", dest="drip_redis_url", default="",
@@ -190,7 +191,7 @@ class DripWorker(Command):
 
     # ------------------------------------------------------------------ supervisor
     def _supervise(self, opt, dbname):
-        """Fork ``--workers`` processes before any registry exists; restart the ones that
+        """Fork ``--processes`` processes before any registry exists; restart the ones that
         stop on their own (max jobs, memory), stop all on SIGINT/SIGTERM."""
         children = {}
         stopping = False

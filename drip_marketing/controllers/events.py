@@ -20,6 +20,7 @@ Status codes, checked in this order:
   re-send the others).
 """
 
+import functools
 import hashlib
 import json
 import logging
@@ -32,8 +33,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from odoo import http
-from odoo.addons.base.models.res_users import INDEX_SIZE, KEY_CRYPT_CONTEXT
 from odoo.http import request
+
+from odoo.addons.base.models.res_users import INDEX_SIZE, KEY_CRYPT_CONTEXT
 
 from ..engine import identity as identity_engine
 from ..models.drip_source import MAX_BATCH_EVENTS
@@ -191,6 +193,18 @@ def json_size(value):
     return len(json.dumps(value, separators=(",", ":"), default=str).encode())
 
 
+@functools.lru_cache(maxsize=65536)
+def _normalize_cached(kind, value, region):
+    return identity_engine.normalize_identity(kind, value, region)
+
+
+def normalize_identity(kind, value, region="CN"):
+    """The engine's normalisation, memoised for strings (the same people come back)."""
+    if isinstance(value, str) and len(value) <= 320:
+        return _normalize_cached(kind, value, region)
+    return identity_engine.normalize_identity(kind, value, region)
+
+
 def is_id(value):
     return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= PG_INT_MAX
 
@@ -300,7 +314,7 @@ def validate_events(body, now, region):
             value = item.get(field)
             if value is None:
                 continue
-            normalized = identity_engine.normalize_identity(id_kind, value, region)
+            normalized = normalize_identity(id_kind, value, region)
             if not normalized:
                 fail(index, field, f"invalid_{field}", f"{json.dumps(value)[:80]} is not a valid "
                      f"{field.replace('_', ' ')}.")

@@ -35,12 +35,12 @@ from datetime import UTC, datetime
 from odoo import SUPERUSER_ID, http
 from odoo.http import request
 
-from ..engine import identity as identity_engine
 from .events import (
     ApiError,
     find_bad_string,
     json_response,
     json_size,
+    normalize_identity,
     parse_json,
     parse_time,
     read_body,
@@ -77,7 +77,7 @@ def _id(value):
     """Segment ids may be strings or numbers; ``None`` / ``""`` mean absent."""
     if value is None or value == "":
         return None
-    return identity_engine.normalize_identity("user_id", value)
+    return normalize_identity("user_id", value)
 
 
 def normalize_message(message, index, call, received_at, batch, region):
@@ -142,24 +142,26 @@ def normalize_message(message, index, call, received_at, batch, region):
         occurred = min(occurred, received_at)
     context = dict(batch.get("context") or {}, **(message.get("context") or {}))
     properties = message.get("properties") or {}
-    traits = message.get("traits") if kind == "identify" else context.get("traits")
+    # Identify carries traits at the root (Segment) or in context.traits (RudderStack's
+    # SDKs); other calls only name the person in context.traits.
+    traits = (message.get("traits") if kind == "identify" else None) or context.get("traits")
     traits = traits if isinstance(traits, dict) else {}
     ids = {}
     for id_kind, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
         if value:
             ids[id_kind] = value
     for id_kind in ("email", "phone"):
-        value = identity_engine.normalize_identity(id_kind, traits.get(id_kind), region)
+        value = normalize_identity(id_kind, traits.get(id_kind), region)
         if value:  # an unusable email/phone trait is ignored, as Segment would
             ids[id_kind] = value
     for id_kind, names in ID_TRAITS.items():
         value = next((traits[name] for name in names if traits.get(name)), None)
-        if value and (value := identity_engine.normalize_identity(id_kind, value)):
+        if value and (value := normalize_identity(id_kind, value)):
             ids[id_kind] = value
     for external in context.get("externalIds") or []:
         if isinstance(external, dict) and external.get("id"):
             id_kind = external.get("type") if external.get("type") in ID_TRAITS else "external"
-            value = identity_engine.normalize_identity(id_kind, external["id"])
+            value = normalize_identity(id_kind, external["id"])
             if value:
                 ids.setdefault(id_kind, value)
     event = {

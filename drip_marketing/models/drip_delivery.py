@@ -396,10 +396,18 @@ class DripDelivery(models.AbstractModel):
         enrollments = messages.enrollment_id
         enrollments.fetch(["state", "journey_id", "partner_id", "order_id", "is_holdout"])
         messages.journey_id.fetch(["state", "transactional", "priority", "company_id", "name"])
+        exit_labels = dict(self.env["drip.enrollment"]._fields["exit_reason"].selection)
         for message in messages:
             enrollment, journey = message.enrollment_id, message.journey_id
             if enrollment.state in ("exited", "completed"):
-                decided[message.id] = ("cancel", _("Participant left the journey."))
+                label = exit_labels.get(enrollment.exit_reason) or _("All steps done")
+                text = _("Participant left the journey before sending: %s", label)
+                if enrollment.exit_reason == "goal_reached":
+                    decided[message.id] = ("skip", ("goal_reached", text))
+                elif enrollment.exit_reason == "unsubscribed":
+                    decided[message.id] = ("skip", ("no_consent", text))
+                else:
+                    decided[message.id] = ("cancel", text)
             elif enrollment.state == "paused" or journey.state != "running":
                 decided[message.id] = ("wait", _("Journey or participant paused: waits."))
         live = messages.filtered(lambda m: m.id not in decided)

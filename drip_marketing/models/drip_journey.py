@@ -691,3 +691,188 @@ class DripJourney(models.Model):
         journeys = self.search([("state", "=", "running")])
         entered = journeys._scan_triggers()
         self.env["ir.cron"]._notify_progress(done=len(entered), remaining=0)
+
+    # ================================================================================
+    # Measured result (issue 10): funnel, holdout lift and backtest. Kept together at
+    # the end of the model; the statistics are engine.stats, the funnel is
+    # drip.funnel.report, the backtest is the drip.journey.backtest wizard.
+    # ================================================================================
+    lift_min_sample = fields.Integer(
+        string="Minimum per group",
+        default=100,
+        help="Lift is shown only once both the treated group and the holdout have at "
+        "least this many entrants whose conversion window is over; below it the journey "
+        "says 'not enough data yet'. Hundreds per group are needed for the revenue "
+        "interval to be trustworthy.",
+    )
+    lift_window_days = fields.Integer(
+        string="Conversion window (days)",
+        default=7,
+        help="An entrant converts when the customer confirms an order within this many "
+        "days after entering. Only entrants whose window is over are counted.",
+    )
+    lift_state = fields.Selection(
+        [("no_holdout", "No holdout"), ("not_enough", "Not enough data yet"),
+         ("measured", "Measured")],
+        string="Lift", compute="_compute_lift",
+    )
+    lift_treated_count = fields.Integer(string="Treated entrants", compute="_compute_lift")
+    lift_holdout_count = fields.Integer(string="Holdout entrants", compute="_compute_lift")
+    lift_treated_rate = fields.Float(string="Treated conversion", compute="_compute_lift")
+    lift_holdout_rate = fields.Float(string="Holdout conversion", compute="_compute_lift")
+    lift_rate_diff = fields.Float(
+        string="Conversion lift",
+        compute="_compute_lift",
+        help="Treated minus holdout conversion rate, with its 95 % two-proportion "
+        "z-interval (Wald): p1 - p2 ± 1.96·√(p1(1-p1)/n1 + p2(1-p2)/n2). Assumes entrants "
+        "are independent, a random holdout (the draw is a stable hash of the customer), "
+        "and at least ~10 conversions and ~10 non-conversions per group.",
+    )
+    lift_rate_low = fields.Float(string="Conversion lift, low", compute="_compute_lift")
+    lift_rate_high = fields.Float(string="Conversion lift, high", compute="_compute_lift")
+    lift_treated_rpe = fields.Monetary(
+        string="Treated revenue per entrant", compute="_compute_lift",
+        currency_field="currency_id",
+    )
+    lift_holdout_rpe = fields.Monetary(
+        string="Holdout revenue per entrant", compute="_compute_lift",
+        currency_field="currency_id",
+    )
+    lift_rpe_diff = fields.Monetary(
+        string="Revenue lift per entrant",
+        compute="_compute_lift",
+        currency_field="currency_id",
+        help="Treated minus holdout revenue per entrant (untaxed, company currency, "
+        "orders within the conversion window), with its 95 % Welch t-interval: "
+        "m1 - m2 ± t(df)·√(s1²/n1 + s2²/n2), Welch–Satterthwaite df. Assumes independent "
+        "entrants and enough of them for the mean to be near-normal although revenue is "
+        "skewed and mostly zero.",
+    )
+    lift_rpe_low = fields.Monetary(
+        string="Revenue lift, low", compute="_compute_lift", currency_field="currency_id"
+    )
+    lift_rpe_high = fields.Monetary(
+        string="Revenue lift, high", compute="_compute_lift", currency_field="currency_id"
+    )
+    lift_summary = fields.Char(compute="_compute_lift")
+
+    @api.constrains("lift_min_sample", "lift_window_days")
+    def _check_lift_settings(self):
+        if self.filtered(lambda j: j.lift_min_sample < 2 or j.lift_window_days < 1):
+            raise ValidationError(_("Lift needs at least 2 entrants per group and a "
+                                    "conversion window of at least one day."))
+
+    def _lift_groups(self, now=None):
+        """{(journey id, is_holdout): (n, converted, revenue sum, revenue sum of squares)}.
+
+        One grouped query: per entrant whose window is over, the confirmed orders of the
+        customer in (entered_at, entered_at + window], untaxed in company currency (as the
+        attribution does).
+        """
+        if not self.ids:
+            return {}
+        for model in ("drip.enrollment", "sale.order", "drip.journey"):
+            self.env[model].flush_model()
+        self.env.cr.execute(SQL(
+            """
+            SELECT e.journey_id, e.is_holdout, count(*), count(*) FILTER (WHERE r.orders > 0),
+                   COALESCE(sum(r.revenue), 0), COALESCE(sum(r.revenue * r.revenue), 0)
+              FROM drip_enrollment e
+              JOIN drip_journey j ON j.id = e.journey_id
+             CROSS JOIN LATERAL (
+                   SELECT count(o.id) AS orders,
+                          COALESCE(sum(o.amount_untaxed
+                                       / CASE WHEN COALESCE(o.currency_rate, 0) = 0 THEN 1
+                                              ELSE o.currency_rate END), 0) AS revenue
+                     FROM sale_order o
+                    WHERE o.partner_id = e.partner_id AND o.state = 'sale'
+                      AND o.company_id = e.company_id
+                      AND o.date_order > e.entered_at
+                      AND o.date_order <= e.entered_at + make_interval(days => j.lift_window_days)
+                   ) r
+             WHERE e.journey_id = ANY(%(ids)s)
+               AND e.entered_at + make_interval(days => j.lift_window_days) <= %(now)s
+             GROUP BY e.journey_id, e.is_holdout
+            """,
+            ids=self.ids, now=now or fields.Datetime.now(),
+        ))
+        return {(jid, bool(held)): (n, x, float(total), float(squares))
+                for jid, held, n, x, total, squares in self.env.cr.fetchall()}
+
+    def _compute_lift(self):
+        from ..engine import stats  # the section is appended: its import stays local
+
+        groups = self._lift_groups() if self.ids else {}
+        for journey in self:
+            values = dict.fromkeys(
+                ("lift_treated_rate", "lift_holdout_rate", "lift_rate_diff", "lift_rate_low",
+                 "lift_rate_high", "lift_treated_rpe", "lift_holdout_rpe", "lift_rpe_diff",
+                 "lift_rpe_low", "lift_rpe_high"), 0.0)
+            treated = groups.get((journey.id, False), (0, 0, 0.0, 0.0))
+            holdout = groups.get((journey.id, True), (0, 0, 0.0, 0.0))
+            values.update(lift_treated_count=treated[0], lift_holdout_count=holdout[0])
+            if not journey.holdout_percent and not holdout[0]:
+                values.update(lift_state="no_holdout", lift_summary=_(
+                    "Set a holdout percentage to measure what this journey earns."))
+            elif not stats.enough_data(treated[0], holdout[0], journey.lift_min_sample):
+                values.update(lift_state="not_enough", lift_summary=_(
+                    "Not enough data yet: %(treated)s treated and %(holdout)s holdout entrants "
+                    "have finished their %(days)s-day window; %(minimum)s per group needed.",
+                    treated=treated[0], holdout=holdout[0], days=journey.lift_window_days,
+                    minimum=journey.lift_min_sample))
+            else:
+                rate = stats.two_proportion_diff_ci(treated[1], treated[0],
+                                                    holdout[1], holdout[0])
+                revenue = stats.welch_diff_ci(*_mean_var(treated), *_mean_var(holdout))
+                values.update(
+                    lift_state="measured",
+                    lift_treated_rate=rate.estimate1, lift_holdout_rate=rate.estimate2,
+                    lift_rate_diff=rate.diff, lift_rate_low=rate.low, lift_rate_high=rate.high,
+                    lift_treated_rpe=revenue.estimate1, lift_holdout_rpe=revenue.estimate2,
+                    lift_rpe_diff=revenue.diff, lift_rpe_low=revenue.low,
+                    lift_rpe_high=revenue.high,
+                    lift_summary=journey._lift_sentence(rate, revenue),
+                )
+            journey.update(values)
+
+    def _lift_sentence(self, rate, revenue):
+        self.ensure_one()
+        if rate.low > 0:
+            verdict = _("The journey raises conversion (the interval is above zero).")
+        elif rate.high < 0:
+            verdict = _("The journey lowers conversion (the interval is below zero).")
+        else:
+            verdict = _("No conversion difference can be told apart from chance yet.")
+        return _(
+            "Conversion %(treated).1f %% treated vs %(holdout).1f %% holdout: "
+            "%(diff)+.1f points (95 %% CI %(low)+.1f to %(high)+.1f). Revenue per entrant "
+            "%(rpe_diff)+.2f (95 %% CI %(rpe_low)+.2f to %(rpe_high)+.2f). %(verdict)s",
+            treated=rate.estimate1 * 100, holdout=rate.estimate2 * 100, diff=rate.diff * 100,
+            low=rate.low * 100, high=rate.high * 100, rpe_diff=revenue.diff,
+            rpe_low=revenue.low, rpe_high=revenue.high, verdict=verdict,
+        )
+
+    def action_view_funnel(self):
+        return self.env["drip.funnel.report"]._action_open(
+            self, domain=[("journey_id", "in", self.ids)],
+            context={"search_default_filter_last_90_days": 1, "search_default_group_by_step": 1},
+        )
+
+    def action_open_backtest(self):
+        self.ensure_one()
+        return {
+            "type": "ir.actions.act_window",
+            "name": _("Backtest"),
+            "res_model": "drip.journey.backtest",
+            "view_mode": "form",
+            "target": "new",
+            "context": {"default_journey_id": self.id},
+        }
+
+
+def _mean_var(group):
+    """(mean, sample variance, n) of a group from (n, _, sum, sum of squares)."""
+    n, _converted, total, squares = group
+    mean = total / n
+    var = max(0.0, (squares - n * mean * mean) / (n - 1)) if n > 1 else 0.0
+    return mean, var, n

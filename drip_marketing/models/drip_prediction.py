@@ -47,6 +47,7 @@ PREDICTION_HORIZON_DAYS = 90
 # The weak prior of the BG/NBD fit is worth this many customers (engine/btyd.py).
 BTYD_PRIOR_WEIGHT = 1.0
 REASONS_SHOWN = 5
+WATERMARK_OVERLAP = timedelta(minutes=15)
 STATE_KEY = "drip_marketing.prediction_state.%s"
 
 
@@ -215,7 +216,7 @@ class DripPrediction(models.AbstractModel):
         )
 
     @api.model
-    def _dirty_partners(self, lo, hi, since, event_from, event_to, now):
+    def _dirty_partners(self, lo, hi, since, event_from, now):
         """Partners of [lo, hi) with a fact recorded since the last pass."""
         self.env.cr.execute(SQL(
             """
@@ -226,12 +227,16 @@ class DripPrediction(models.AbstractModel):
              WHERE %(o)s AND o.write_date > %(since)s
             UNION
             SELECT e.partner_id FROM drip_event e
-             WHERE %(e)s AND ((e.id > %(event_from)s AND e.id <= %(event_to)s)
-                              OR (e.occurred_at > %(since)s AND e.occurred_at <= %(now)s))
+             WHERE %(e)s AND (e.id > %(event_from)s OR e.write_date > %(since)s
+                              OR (e.occurred_at > %(occurred_since)s
+                                  AND e.occurred_at <= %(now)s))
             """,
             m=self._partner_range("m", lo, hi), o=self._partner_range("o", lo, hi),
-            e=self._partner_range("e", lo, hi), since=since, event_from=event_from,
-            event_to=event_to, now=now,
+            e=self._partner_range("e", lo, hi),
+            # A transaction that began before the last pass and committed after it wrote
+            # an older write_date: the overlap catches it; recomputing twice is harmless.
+            since=since - WATERMARK_OVERLAP, occurred_since=since, event_from=event_from,
+            now=now,
         ))
         return [row[0] for row in self.env.cr.fetchall() if row[0] is not None]
 
@@ -246,7 +251,7 @@ class DripPrediction(models.AbstractModel):
 
     @api.model
     def _refresh_engagement_step(self, now=None, full=False, batch_size=BATCH_SIZE):
-        """One batch of the engagement refresh; returns (partners done, remaining)."""
+        """One batch of the engagement refresh; returns (partners covered, remaining)."""
         if not self._try_lock("engagement"):
             return 0, 0
         self._flush_sources()
@@ -273,8 +278,13 @@ class DripPrediction(models.AbstractModel):
             run.update(full=True, next_id=0, fingerprint=fingerprint)
         lo = run["next_id"]
         hi = lo + batch_size
-        done = self._refresh_engagement_range(lo, hi, run, setup)
+        written = self._refresh_engagement_range(lo, hi, run, setup)
         top = self._max_partner_id()
+        # Progress counts the partners covered, not rows written: a batch that changes
+        # nothing still moves the pass on (ir.cron reads done == 0 as "nothing to do").
+        done = max(min(hi, top + 1) - lo, 1)
+        _logger.debug("%s: partners [%s, %s) covered, %s rows written", self._name, lo, hi,
+                      written)
         if hi > top:
             state = {
                 "since": run["now"], "event_id": run["event_to"],
@@ -301,9 +311,7 @@ class DripPrediction(models.AbstractModel):
             dirty = None
         else:
             since = fields.Datetime.from_string(run["since"])
-            dirty = self._dirty_partners(
-                lo, hi, since, run["event_from"], run["event_to"], now
-            )
+            dirty = self._dirty_partners(lo, hi, since, run["event_from"], now)
 
             def condition(alias):
                 return SQL("%s = ANY(%s)", SQL.identifier(alias, "partner_id"), dirty)
@@ -577,8 +585,13 @@ class DripPrediction(models.AbstractModel):
             run = {"now": fields.Datetime.to_string(now), "next_id": 0}
         lo = run["next_id"]
         hi = lo + batch_size
-        done = self._predict_btyd_range(lo, hi, fields.Datetime.from_string(run["now"]))
+        written = self._predict_btyd_range(lo, hi, fields.Datetime.from_string(run["now"]))
         top = self._max_partner_id()
+        # Progress counts the partners covered, not rows written: a batch that changes
+        # nothing still moves the pass on (ir.cron reads done == 0 as "nothing to do").
+        done = max(min(hi, top + 1) - lo, 1)
+        _logger.debug("%s: partners [%s, %s) covered, %s rows written", self._name, lo, hi,
+                      written)
         if hi > top:
             state, remaining = {"pass": None, "done_at": run["now"]}, 0
         else:
@@ -750,8 +763,13 @@ class DripPrediction(models.AbstractModel):
             run = {"now": fields.Datetime.to_string(now), "next_id": 0}
         lo = run["next_id"]
         hi = lo + batch_size
-        done = self._best_time_range(lo, hi, fields.Datetime.from_string(run["now"]))
+        written = self._best_time_range(lo, hi, fields.Datetime.from_string(run["now"]))
         top = self._max_partner_id()
+        # Progress counts the partners covered, not rows written: a batch that changes
+        # nothing still moves the pass on (ir.cron reads done == 0 as "nothing to do").
+        done = max(min(hi, top + 1) - lo, 1)
+        _logger.debug("%s: partners [%s, %s) covered, %s rows written", self._name, lo, hi,
+                      written)
         if hi > top:
             state, remaining = {"pass": None, "done_at": run["now"]}, 0
         else:

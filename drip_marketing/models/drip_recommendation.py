@@ -47,7 +47,8 @@ Settings (``ir.config_parameter``): ``drip_marketing.reco_min_support`` (default
 import logging
 from datetime import timedelta
 
-from odoo import api, fields, models
+from odoo import _, api, fields, models
+from odoo.exceptions import AccessError
 from odoo.tools import SQL
 
 _logger = logging.getLogger(__name__)
@@ -151,6 +152,13 @@ class DripProductAffinity(models.Model):
         if "is_delivery" in line_fields:
             conditions.append(SQL("%s IS NOT TRUE", SQL.identifier(alias, "is_delivery")))
         return SQL(" AND ").join(conditions)
+
+    # ------------------------------------------------------------------- actions
+    def action_rebuild(self):
+        if not self.env.user.has_group("drip_marketing.drip_marketing_group_manager"):
+            raise AccessError(_("Only Drip Marketing managers can recount the statistics."))
+        self.sudo()._rebuild()
+        return {"type": "ir.actions.client", "tag": "reload"}
 
     # ------------------------------------------------------------------ counting
     @api.model
@@ -415,7 +423,8 @@ class DripProductAffinity(models.Model):
         self.env["product.product"].flush_model(["active", "product_tmpl_id"])
         self.env["product.template"].flush_model()
         if "stock.quant" in self.env:
-            self.env["stock.quant"].flush_model(["quantity", "reserved_quantity", "product_id"])
+            self.env["stock.quant"].flush_model()
+            self.env["stock.location"].flush_model(["usage"])
 
     @api.model
     def _recommend_ids(self, requests, limit=4):

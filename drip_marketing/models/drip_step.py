@@ -303,3 +303,149 @@ class DripStep(models.Model):
             "clicked": self.clicked_count,
             "converted": self.converted_count,
         }
+
+    # ================================================================================
+    # A/B winners and the step funnel (issue 10), kept together at the end of the model.
+    # The split's branches are compared from the ledger in one query per split; the
+    # verdict is engine.abtest (statistics from engine.stats); ``_run_split`` already
+    # routes new entrants to ``split_winner_id``.
+    # ================================================================================
+    split_auto_promote = fields.Boolean(
+        string="Promote the winner automatically",
+        default=True,
+        copy=False,
+        help="Once every branch has the minimum number of participants and the best one "
+        "is better than each other with significance (p below 5 % split between the "
+        "comparisons), new entrants all take the best branch. Undoing a promotion turns "
+        "this off for the split.",
+    )
+    split_promoted_at = fields.Datetime(string="Promoted on", readonly=True, copy=False)
+
+    def _ab_branches(self):
+        self.ensure_one()
+        return self.child_ids.filtered(lambda s: s.step_trigger == "branch").sorted(
+            lambda s: (s.sequence, s.id))
+
+    def _ab_counts(self):
+        """Per branch of this split: participants (holdout excluded) and what they did.
+
+        A participant belongs to the branch whose step they reached; their clicks,
+        attributed conversions and attributed revenue are those of the messages of
+        that branch's sub-tree. One grouped query over the ledger.
+        """
+        from ..engine import abtest  # the section is appended: its import stays local
+
+        self.ensure_one()
+        branches = self._ab_branches()
+        steps = self.with_context(active_test=False)
+        pairs = [(sub.id, branch.id) for branch in branches
+                 for sub in steps.search([("id", "child_of", branch.id)])]
+        if not pairs:
+            return []
+        for model in ("drip.message", "drip.enrollment"):
+            self.env[model].flush_model()
+        self.env.cr.execute(
+            """
+            WITH subtree AS (
+                SELECT * FROM unnest(%(steps)s::int[], %(branches)s::int[])
+                       AS t(step_id, branch_id)
+            ), reached AS (
+                SELECT DISTINCT m.enrollment_id, m.step_id AS branch_id
+                  FROM drip_message m JOIN drip_enrollment e ON e.id = m.enrollment_id
+                 WHERE m.step_id = ANY(%(branch_ids)s) AND m.is_test IS NOT TRUE
+                   AND m.state <> 'cancelled' AND e.is_holdout IS NOT TRUE
+            ), per_participant AS (
+                SELECT r.branch_id, r.enrollment_id,
+                       bool_or(m.clicked_at IS NOT NULL) AS clicked,
+                       bool_or(m.converted_at IS NOT NULL) AS converted,
+                       COALESCE(sum(m.revenue), 0) AS revenue
+                  FROM reached r
+                  JOIN subtree t ON t.branch_id = r.branch_id
+                  LEFT JOIN drip_message m ON m.enrollment_id = r.enrollment_id
+                       AND m.step_id = t.step_id AND m.is_test IS NOT TRUE
+                 GROUP BY r.branch_id, r.enrollment_id
+            )
+            SELECT branch_id, count(*), count(*) FILTER (WHERE clicked),
+                   count(*) FILTER (WHERE converted), sum(revenue), sum(revenue * revenue)
+              FROM per_participant GROUP BY branch_id
+            """,
+            {"steps": [s for s, _b in pairs], "branches": [b for _s, b in pairs],
+             "branch_ids": branches.ids},
+        )
+        rows = {row[0]: row[1:] for row in self.env.cr.fetchall()}
+        counts = []
+        for branch in branches:
+            n, clicks, conversions, revenue, squares = rows.get(branch.id, (0, 0, 0, 0, 0))
+            counts.append(abtest.BranchCounts(branch.id, n, clicks, conversions,
+                                              float(revenue), float(squares)))
+        return counts
+
+    def _promote_ab_winner(self):
+        """Decide this split; promote and record why when a branch wins. Returns the
+        engine's verdict."""
+        from ..engine import abtest  # the section is appended: its import stays local
+
+        self.ensure_one()
+        verdict = abtest.decide(self._ab_counts(), self.split_metric or "conversion",
+                                self.split_min_sample)
+        if verdict.status == "winner":
+            winner = self.browse(verdict.winner)
+            reason = self._ab_reason(verdict)
+            self.write({"split_winner_id": winner.id, "split_winner_reason": reason,
+                        "split_promoted_at": fields.Datetime.now()})
+            self.journey_id.message_post(body=_(
+                "A/B split '%(split)s': branch '%(branch)s' promoted for new entrants. "
+                "%(reason)s", split=self.name, branch=winner.name, reason=reason))
+        return verdict
+
+    def _ab_reason(self, verdict):
+        """Why the winner won, in words, with the numbers."""
+        metric = dict(self._fields["split_metric"]._description_selection(self.env)).get(
+            self.split_metric, self.split_metric)
+        names = {step.id: step.name for step in self._ab_branches()}
+
+        def show(value):
+            return (f"{value:.2f}" if self.split_metric == "revenue"
+                    else f"{value * 100:.1f} %")
+
+        parts = []
+        for comparison in verdict.comparisons:  # a loop: _() reads self from its frame
+            parts.append(_(
+                "%(metric)s: '%(best)s' %(value)s vs '%(other)s' %(other_value)s "
+                "(difference %(low)s to %(high)s at 95 %%, p = %(p).4f)",
+                metric=metric, best=names[verdict.best],
+                value=show(comparison.interval.estimate1), other=names[comparison.other],
+                other_value=show(comparison.interval.estimate2),
+                low=show(comparison.interval.low), high=show(comparison.interval.high),
+                p=comparison.p_value))
+        test = _("Welch t-test") if self.split_metric == "revenue" else _("two-proportion z-test")
+        return _("%(parts)s. Significant by %(test)s at p < %(threshold).4f, each branch with "
+                 "at least %(minimum)s participants.", parts="; ".join(parts), test=test,
+                 threshold=verdict.threshold, minimum=self.split_min_sample)
+
+    def action_undo_winner(self):
+        """New entrants are split by weight again; automatic promotion stops for the split."""
+        for step in self.filtered("split_winner_id"):
+            step.journey_id.message_post(body=_(
+                "A/B split '%(split)s': promotion of '%(branch)s' undone by %(user)s. New "
+                "entrants are split by weight again; automatic promotion is off for this "
+                "split.", split=step.name, branch=step.split_winner_id.name,
+                user=self.env.user.name))
+        self.write({"split_winner_id": False, "split_winner_reason": False,
+                    "split_promoted_at": False, "split_auto_promote": False})
+        return True
+
+    def action_view_funnel(self):
+        return self.env["drip.funnel.report"]._action_open(
+            self.journey_id, domain=[("step_id", "in", self.ids)])
+
+    @api.model
+    def _cron_promote_ab_winners(self):
+        splits = self.search([
+            ("step_type", "=", "split"), ("split_winner_id", "=", False),
+            ("split_auto_promote", "=", True), ("journey_id.state", "=", "running"),
+        ])
+        promoted = 0
+        for split in splits:  # one grouped query per split; splits are few
+            promoted += split._promote_ab_winner().status == "winner"
+        self.env["ir.cron"]._notify_progress(done=promoted, remaining=0)

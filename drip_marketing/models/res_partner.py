@@ -728,29 +728,29 @@ class ResPartner(models.Model):
                   FROM res_company c
                   LEFT JOIN res_currency cur ON cur.id = c.currency_id
             ), by_contact AS (
-                SELECT o.partner_id, o.company_id, max(o.date_order) AS last_order,
-                       count(*) AS frequency,
+                SELECT o.partner_id, o.company_id, c.decimals,
+                       max(o.date_order) AS last_order, count(*) AS frequency,
                        sum(o.amount_untaxed / CASE WHEN COALESCE(o.currency_rate, 0) = 0
                                                    THEN 1 ELSE o.currency_rate END) AS amount
                   FROM sale_order o
                   JOIN company c ON c.company_id = o.company_id
                  WHERE o.state = 'sale' AND o.date_order >= c.since
                    AND o.date_order <= %(now)s
-                 GROUP BY o.partner_id, o.company_id
+                 GROUP BY o.partner_id, o.company_id, c.decimals
             ), by_customer AS (
+                -- A contact's company follows its commercial entity's (Odoo keeps them
+                -- in step), so the contact's row says which companies may score it.
                 SELECT p.commercial_partner_id AS partner_id, a.company_id,
                        max(a.last_order) AS last_order, sum(a.frequency) AS frequency,
-                       round(sum(a.amount), max(c.decimals)) AS monetary
+                       round(sum(a.amount), max(a.decimals)) AS monetary
                   FROM by_contact a
                   JOIN res_partner p ON p.id = a.partner_id
-                  JOIN company c ON c.company_id = a.company_id
+                 WHERE p.company_id IS NULL OR p.company_id = a.company_id
                  GROUP BY p.commercial_partner_id, a.company_id
             ), chosen AS (
                 SELECT DISTINCT ON (b.partner_id) b.*,
                        (%(today)s::date - b.last_order::date) AS recency
                   FROM by_customer b
-                  JOIN res_partner cp ON cp.id = b.partner_id
-                 WHERE cp.company_id IS NULL OR cp.company_id = b.company_id
                  ORDER BY b.partner_id, b.last_order DESC, b.monetary DESC, b.company_id
             ), scored AS (
                 SELECT partner_id, company_id, last_order, frequency, monetary,

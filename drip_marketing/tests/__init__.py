@@ -12,3 +12,10 @@ from . import test_tag_rules
 from . import test_attribution
 from . import test_predictions
 from . import test_tour_diagram
+from . import test_identity_stitching
+from . import test_event_api
+from . import test_segment_ingest
+from . import test_recommendations
+from . import test_funnel
+from . import test_lift_ab
+from . import test_backtest

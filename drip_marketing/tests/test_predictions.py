@@ -93,9 +93,9 @@ class TestPredictions(DripCase):
 
     # ------------------------------------------------------------------ scoring
     def test_scoring_rules_and_decay(self):
-        # First pass just after the facts were recorded: the later pass finds nothing
-        # new and takes the closed-form decay path.
-        t0 = self.T + timedelta(minutes=1)
+        # First pass well after the facts were recorded (beyond the watermark overlap):
+        # the later pass finds nothing new and takes the closed-form decay path.
+        t0 = self.T + timedelta(minutes=30)
         self.message(self.cold, opened_at=t0 - timedelta(days=20),
                      clicked_at=t0 - timedelta(days=19))
         self.view(self.cold, t0 - timedelta(days=5))
@@ -105,7 +105,11 @@ class TestPredictions(DripCase):
         self.refresh(t0, full=True)
         self.assertAlmostEqual(self.cold.drip_engagement_score, self.expected_score(facts, t0), 1)
         self.assertEqual(self.cold.drip_engagement_at, t0)
-        # Thirty days later without a fact, the score has halved (the decay-only path).
+        # Thirty days later without a fact, the score has halved (the decay-only path:
+        # nothing of this customer was recorded since the first pass).
+        state = self.Prediction._get_state("engagement")
+        self.assertNotIn(self.cold.id, self.Prediction._dirty_partners(
+            0, 10**9, t0, state["event_id"], t0 + timedelta(days=30)))
         self.refresh(t0 + timedelta(days=30))
         self.assertAlmostEqual(
             self.cold.drip_engagement_score, self.expected_score(facts, t0) / 2, 1

@@ -85,6 +85,7 @@ class Delivery:
         self.redis = redis
         self.sink = sink
         self.journeys = []
+        self.orders = []
         self.processes = []
 
     # -- settings
@@ -175,6 +176,7 @@ class Delivery:
             env.cr.execute(
                 "UPDATE sale_order SET drip_cart_activity_at = now() AT TIME ZONE 'UTC' "
                 "- interval '3 hours' WHERE id = ANY(%s)", [orders.ids])
+            self.orders += orders.ids
             return partners.ids, orders.ids
 
     def enroll_due(self):
@@ -262,6 +264,9 @@ class Delivery:
                 "UPDATE drip_message SET state = 'cancelled' "
                 "WHERE state IN ('scheduled', 'queued', 'sending')"
             )
+            # Carts of this test must not enter the next test's journeys.
+            env.cr.execute("UPDATE sale_order SET state = 'cancel' WHERE id = ANY(%s)",
+                           [self.orders])
             env["ir.config_parameter"].set_param("drip_marketing.redis_url", "")
 
 

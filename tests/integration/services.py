@@ -392,7 +392,7 @@ class OdooDatabase:
     def worker_process(self, redis_url, queues=None, burst=True, workers=1, extra=()):
         """``odoo-bin drip-worker`` as a subprocess (discovery through ODOO_RC)."""
         args = ["drip-worker", "-c", str(self.conf), "-d", self.dbname,
-                "--redis-url", redis_url, "--workers", str(workers)]
+                "--redis-url", redis_url, "--processes", str(workers)]
         if queues:
             args += ["--queues", ",".join(queues)]
         if burst:
