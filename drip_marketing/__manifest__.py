@@ -40,6 +40,7 @@
         "views/drip_message_views.xml",
         "views/drip_journey_views.xml",
         "views/drip_journey_diagram_views.xml",
+        "views/drip_journey_enroll_views.xml",
         "views/res_partner_views.xml",
         "views/res_config_settings_views.xml",
         "views/menus.xml",

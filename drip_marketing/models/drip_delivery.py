@@ -476,11 +476,10 @@ class DripDelivery(models.AbstractModel):
             partners = group.partner_id.with_context(active_test=False)
             if hasattr(partners, "_drip_consent_filter"):
                 _allowed, codes = partners._drip_consent_filter(channel, company=company or None)
-                reasons = {
-                    pid: (code, _("%(reason)s at send time (%(channel)s).",
-                                  reason=labels.get(code, code), channel=channel))
-                    for pid, code in codes.items()
-                }
+                reasons = {}
+                for pid, code in codes.items():
+                    reasons[pid] = (code, _("%(reason)s at send time (%(channel)s).",
+                                            reason=labels.get(code, code), channel=channel))
             else:
                 reasons = self._own_refusals(partners, channel)
             for message in group:
@@ -630,8 +629,8 @@ class DripDelivery(models.AbstractModel):
             try:
                 rendered = render.render_message(template._parts_for_lang(lang), context, lang)
             except render.TemplateProblem as problem:
-                decided[message.id] = ("fail", _("Template '%(name)s': %(problem)s",
-                                                 name=template.name, problem=problem))
+                decided[message.id] = ("fail", ("render_error", _(
+                    "Template '%(name)s': %(problem)s", name=template.name, problem=problem)))
                 continue
             company = message.company_id or message.journey_id.company_id
             base = base_urls.setdefault(company.id, partner.get_base_url().rstrip("/"))
@@ -930,6 +929,7 @@ class DripDelivery(models.AbstractModel):
     @api.model
     def _write_decisions(self, messages, decided, plan, now, summary):
         """Write every outcome of the decision phase, one statement per kind."""
+        self.env.flush_all()  # e.g. _exit's cancellations, before our own UPDATEs
         cr = self.env.cr
         uid = self.env.uid
         by_kind = defaultdict(list)
@@ -984,18 +984,21 @@ class DripDelivery(models.AbstractModel):
                 summary[state] += len(ids)
         if by_kind["fail"]:
             ids, errors = zip(*by_kind["fail"], strict=True)
+            # A failure is a text, or (skip_reason, text) for a template error.
+            codes = [e[0] if isinstance(e, tuple) else None for e in errors]
+            texts = [str(e[1] if isinstance(e, tuple) else e) for e in errors]
             cr.execute(SQL(
                 """
                 UPDATE drip_message m
                    SET state = 'failed', error = v.error, reason = v.error,
-                       skip_reason = CASE WHEN v.error LIKE 'Template%%' THEN 'render_error'
-                                          ELSE m.skip_reason END,
+                       skip_reason = COALESCE(v.code, m.skip_reason),
                        attempt_count = m.attempt_count + 1, lease_until = NULL,
                        write_date = %(now)s, write_uid = %(uid)s
-                  FROM unnest(%(ids)s::int[], %(errors)s::text[]) AS v(id, error)
+                  FROM unnest(%(ids)s::int[], %(codes)s::varchar[], %(errors)s::text[])
+                       AS v(id, code, error)
                  WHERE m.id = v.id
                 """,
-                now=now, uid=uid, ids=list(ids), errors=[str(e) for e in errors],
+                now=now, uid=uid, ids=list(ids), codes=codes, errors=texts,
             ))
             summary["failed"] += len(ids)
         undecided = [m.id for m in messages if m.id not in decided]
@@ -1044,7 +1047,7 @@ class DripDelivery(models.AbstractModel):
         for item in items:
             if item["email_from"] not in servers:
                 server, smtp_from = IrMailServer._find_mail_server(item["email_from"])
-                servers[item["email_from"]] = (server.id or False, smtp_from)
+                servers[item["email_from"]] = (server.id if server else False, smtp_from)
             groups[servers[item["email_from"]]].append(item)
         for (server_id, smtp_from), group in groups.items():
             session = None
@@ -1221,6 +1224,7 @@ class DripDelivery(models.AbstractModel):
         """Write the hand-off outcomes, start the next steps, log on the chatter."""
         now = fields.Datetime.now()
         Message = self.env["drip.message"].sudo()
+        self.env.flush_all()
         by_outcome = defaultdict(list)
         for item in items:
             outcome, detail = outcomes.get(item["id"], ("retry", _("Not attempted.")))
@@ -1269,6 +1273,7 @@ class DripDelivery(models.AbstractModel):
         max_attempts = self._setting("max_attempts")
         ids = [item["id"] for item, _detail in pairs]
         details = {item["id"]: str(detail) for item, detail in pairs}
+        self.env.flush_all()
         self.env.cr.execute("SELECT id, attempt_count FROM drip_message WHERE id = ANY(%s)",
                             [ids])
         attempts = dict(self.env.cr.fetchall())
@@ -1307,6 +1312,7 @@ class DripDelivery(models.AbstractModel):
 
     @api.model
     def _fail(self, failures, now):
+        self.env.flush_all()
         self.env.cr.execute(SQL(
             """
             UPDATE drip_message m

@@ -108,6 +108,7 @@ class DripJourney(models.Model):
         ],
         default="once",
         required=True,
+        string="Re-entry",
     )
     reentry_cooldown_days = fields.Integer(string="Cool-down (days)", default=30)
     goal_type = fields.Selection(

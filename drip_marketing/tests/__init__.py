@@ -19,3 +19,5 @@ from . import test_recommendations
 from . import test_funnel
 from . import test_lift_ab
 from . import test_backtest
+from . import test_delivery
+from . import test_audience_export

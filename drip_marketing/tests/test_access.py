@@ -94,3 +94,19 @@ class TestAccess(DripCase):
             message.with_user(self.rep).write({"state": "sent"})
         with self.assertRaises(AccessError):
             message.with_user(self.manager).unlink()
+
+    def test_rep_adds_a_customer_to_a_running_journey(self):
+        self.journey.action_start()
+        wizard = self.env["drip.journey.enroll"].with_user(self.rep).with_context(
+            active_model="res.partner", active_ids=self.customer.ids).create(
+            {"journey_id": self.journey.id})
+        self.assertEqual(wizard.partner_ids, self.customer)
+        result = wizard.action_enroll()
+        self.assertIn("1 customer(s) entered", result["params"]["message"])
+        enrollment = self.env["drip.enrollment"].search(
+            [("journey_id", "=", self.journey.id), ("partner_id", "=", self.customer.id)])
+        self.assertEqual(len(enrollment), 1)
+        self.assertEqual(enrollment.message_ids.step_id, self.step_first)
+        again = self.env["drip.journey.enroll"].with_user(self.rep).create(
+            {"journey_id": self.journey.id, "partner_ids": [(6, 0, self.customer.ids)]})
+        self.assertIn("already in it", again.action_enroll()["params"]["message"])

@@ -87,17 +87,21 @@ class TestBacktest(DripCase):
                 action()
 
     def live_tick(self, tick):
+        """One minute-cron run at ``tick``: cart scan, trigger scan, due steps, delivery.
+
+        The engine takes ``now`` as an argument; only delivery reads the clock, so the
+        clock is frozen just around it (freezing it costs a third of a second)."""
         Message = self.env["drip.message"]
-        with freeze_time(tick):
-            self.env["sale.order"]._drip_mark_abandoned_carts(now=tick)
-            self.journey._scan_triggers(now=tick)
-            for _round in range(10):
-                Message._run_due(limit=1000, now=tick)
-                queued = Message.search([("journey_id", "=", self.journey.id),
-                                         ("state", "=", "queued")])
-                if not queued:
-                    break
-                # No Redis and no commit in a test: deliver inline as the cron would.
+        self.env["sale.order"]._drip_mark_abandoned_carts(now=tick)
+        self.journey._scan_triggers(now=tick)
+        for _round in range(10):
+            Message._run_due(limit=1000, now=tick)
+            queued = Message.search([("journey_id", "=", self.journey.id),
+                                     ("state", "=", "queued")])
+            if not queued:
+                break
+            # No Redis and no commit in a test: deliver inline as the cron would.
+            with freeze_time(tick):
                 self.env["drip.delivery"]._deliver(queued.ids, auto_commit=False)
 
     def run_live(self, events):

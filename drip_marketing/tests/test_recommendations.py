@@ -321,3 +321,100 @@ class TestRecommendations(RecommendationCase):
             self.env.invalidate_all()
             self.Affinity._recommend(partners, limit=4, seed_products=self.espresso,
                                      company=self.shop)
+
+
+@tagged("post_install", "-at_install")
+class TestOffers(RecommendationCase):
+    """The render context gets recommendations, the product and ``coupon`` (None here)."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.browse_journey = cls.env["drip.journey"].create({
+            "name": "Viewed, not bought", "trigger": "browse_abandoned", "goal_type": "order",
+            "company_id": cls.shop.id,
+        })
+        cls.browse_step = cls.env["drip.step"].create({
+            "journey_id": cls.browse_journey.id, "name": "Reminder", "step_type": "send",
+            "channel": "email",
+            "template_id": cls.env.ref("drip_marketing.template_browse").copy(
+                {"company_id": cls.shop.id}).id,
+        })
+        cls.plain_step = cls.env["drip.step"].create({
+            "journey_id": cls.browse_journey.id, "name": "Plain", "step_type": "send",
+            "channel": "email", "template_id": cls.template.id,
+            "parent_id": cls.browse_step.id,
+        })
+        cls.view = cls.env["drip.event"].create({
+            "name": "Product Viewed", "partner_id": cls.viewer.id,
+            "product_id": cls.espresso.id, "company_id": cls.shop.id,
+            "event_type_id": cls.env.ref("drip_marketing.event_type_product_viewed").id,
+        })
+
+    def setUp(self):
+        super().setUp()
+        self.env["drip.product.affinity"]._rebuild()
+
+    def message(self, partner, source_ref, step=None):
+        enrollment = self.env["drip.enrollment"].create({
+            "journey_id": self.browse_journey.id, "partner_id": partner.id,
+            "source_ref": source_ref,
+        })
+        return self.env["drip.message"].create({
+            "enrollment_id": enrollment.id, "step_id": (step or self.browse_step).id,
+            "scheduled_at": fields.Datetime.now(), "channel": "email",
+        })
+
+    def items(self, messages):
+        return [(m.id, m.partner_id, m.order_id, "en_US", m.journey_id, m.step_id, m)
+                for m in messages]
+
+    def test_browse_abandonment_offer(self):
+        message = self.message(self.viewer, f"drip.event,{self.view.id}")
+        offer = self.env["drip.offer"]._offers_for(self.items(message))[message.id]
+        self.assertEqual(offer["product"]["id"], self.espresso.id)
+        self.assertEqual(offer["product"]["name"], "Espresso beans")
+        self.assertAlmostEqual(offer["product"]["price"], 10.0)
+        self.assertEqual([r["id"] for r in offer["recommendations"]],
+                         [self.grinder.id, self.cup.id, self.kettle.id, self.sofa.id])
+        self.assertEqual(offer["recommendations"][0]["source"], "bought_together")
+        self.assertIsNone(offer["coupon"], "no coupon program on the step")
+
+    def test_replenishment_product_and_batch(self):
+        order = self.orders.filtered(lambda o: o.partner_id == self.c[7])[:1]
+        replenish = self.message(self.c[7], f"sale.order,{order.id},product,{self.cup.id}")
+        viewed = self.message(self.viewer, f"drip.event,{self.view.id}")
+        plain = self.message(self.c[1], f"res.partner,{self.c[1].id}", step=self.plain_step)
+        offers = self.env["drip.offer"]._offers_for(self.items(replenish | viewed | plain))
+        self.assertEqual(offers[replenish.id]["product"]["id"], self.cup.id)
+        self.assertNotIn(self.cup.id, [r["id"] for r in offers[replenish.id]["recommendations"]])
+        self.assertEqual(offers[viewed.id]["product"]["id"], self.espresso.id)
+        self.assertEqual(offers[plain.id], {"recommendations": [], "product": None,
+                                            "coupon": None},
+                         "a template that shows no recommendations does not pay for them")
+
+    def test_template_renders_without_coupon(self):
+        """Without the loyalty bridge (or without a program on the step), ``coupon`` is
+        None and the shipped templates render without it."""
+        from ..engine import render
+
+        message = self.message(self.viewer, f"drip.event,{self.view.id}")
+        delivery = self.env["drip.delivery"]
+        items = self.items(message)
+        contexts = delivery._build_contexts(items)
+        self.env["drip.offer"]._add_offers(items, contexts)
+        context = contexts[message.id]
+        self.assertIsNone(context["coupon"])
+        template = self.browse_step.template_id
+        rendered = render.render_message(template._parts_for_lang("en_US"), context, "en_US")
+        self.assertIn("Espresso beans", rendered["subject"])
+        self.assertIn("Grinder", rendered["body_html"])
+        self.assertNotIn("valid until", rendered["body_html"])
+
+    def test_delivery_context_has_offers(self):
+        """``drip.delivery`` calls the hook: every message context has the offer keys."""
+        message = self.message(self.viewer, f"drip.event,{self.view.id}")
+        context = self.env["drip.delivery"]._render_contexts(message)[message.id]
+        self.assertIn("coupon", context)
+        self.assertEqual(context["product"]["id"], self.espresso.id)
+        self.assertTrue(context["recommendations"])

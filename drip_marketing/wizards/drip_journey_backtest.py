@@ -207,7 +207,14 @@ class DripJourneyBacktest(models.TransientModel):
         return entrants
 
     def _shadow_journey(self, journey, start):
-        vals = journey.copy_data()[0]
+        # The journey's own settings (trigger, entry filter, re-entry policy, company…):
+        # every copyable stored field but the steps, participants and chatter.
+        vals = {
+            name: field.convert_to_write(journey[name], journey)
+            for name, field in journey._fields.items()
+            if field.copy and field.store and field.type != "one2many"
+            and name not in models.MAGIC_COLUMNS
+        }
         cr = self.env.cr
         cr.execute("SELECT COALESCE(max(id), 0) FROM drip_event WHERE create_date <= %s",
                    [start])
