@@ -468,8 +468,13 @@ def main():
         f"({known['events_per_s']} events/s measured at load average "
         f"{known['load_average']}; the server's own CPU time allows "
         f"{known['cpu_bound_events_per_s']} events/s on {CORES} dedicated cores).",
-        "", "SQL/request counts the statements Odoo's cursor logs; the batched INSERTs "
-        "(psycopg2 execute_values) are not in it: add 2 (events, identities).",
+        "", "SQL/request counts the statements of Odoo's cursor; the identities INSERT "
+        "(psycopg2 execute_values, only when a batch brings new identifiers) and the rate "
+        "limiter's statement (its own autocommit connection) are not in it.",
+        "", "The machine is shared: events/s is what the server delivered at the load average "
+        "shown; the CPU-bound column divides the cores by the CPU time Odoo's workers and "
+        "PostgreSQL's backends spent per event in this scenario, which other processes do "
+        "not inflate as much.",
     ]
     (RESULTS / "event_ingest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

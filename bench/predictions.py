@@ -571,7 +571,7 @@ def report_markdown(report):
         lines += [f"| {name} | {value:.3f} |" for name, value in bt.items()
                   if name != "held_out_opens"]
         lines += ["", "Sweep (share within ±2 h; defaults: sigma 1 h, day pooling 0.3, "
-                  "prior strength 5):", "", "| sigma h | day pooling | prior strength | share |",
+                  "prior strength 25):", "", "| sigma h | day pooling | prior strength | share |",
                   "|---:|---:|---:|---:|"]
         lines += [f"| {r['sigma_hours']} | {r['day_pooling']} | {r['prior_strength']} | "
                   f"{r['share_within_2h']:.4f} |" for r in q["best_time_sweep"]]

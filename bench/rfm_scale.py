@@ -63,8 +63,11 @@ def git_revision():
 def machine():
     with open("/proc/meminfo") as meminfo:
         kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
+    # The load average says how shared the machine was while timing (ratios hold, the
+    # absolute seconds do not).
     return {"cores": os.cpu_count(), "memory_gib": kib // 1024 // 1024,
-            "python": platform.python_version()}
+            "python": platform.python_version(),
+            "load_average_1m": round(os.getloadavg()[0], 1)}
 
 
 def clone_rows(cr, table, template_id, source, overrides, params=()):
@@ -255,7 +258,8 @@ def main():
     lines = [
         f"# RFM recompute, {args.size}: {customers:,} customers / {orders:,} orders", "",
         f"{report['date']} · git {report['git']} · {report['machine']['cores']} cores, "
-        f"{report['machine']['memory_gib']} GiB · PostgreSQL {versions['postgresql']} · "
+        f"{report['machine']['memory_gib']} GiB (load average "
+        f"{report['machine']['load_average_1m']}) · PostgreSQL {versions['postgresql']} · "
         f"Odoo {versions['odoo']}", "",
         "| run | seconds | customers written | × naive ORM |",
         "|---|---:|---:|---:|",

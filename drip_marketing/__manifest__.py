@@ -62,6 +62,7 @@
         "data/drip_funnel_cron_data.xml",
         "report/drip_funnel_report_views.xml",
         "views/drip_journey_backtest_views.xml",
+        "views/drip_backend_ux_views.xml",
     ],
     "demo": [
         "demo/drip_marketing_demo.xml",

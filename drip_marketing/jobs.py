@@ -41,6 +41,8 @@ def deliver(dbname, message_ids):
         with registry.cursor() as cr:
             env = api.Environment(cr, SUPERUSER_ID, {})
             summary = env["drip.delivery"]._deliver(list(message_ids))
+            # Visible with `rq info` / in the job result: what this batch cost.
+            summary["queries"] = cr.sql_log_count
     except Exception:
         registry.reset_changes()
         raise

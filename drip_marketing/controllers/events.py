@@ -189,8 +189,12 @@ def parse_time(value):
     return moment
 
 
+_SIZE_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
+
 def json_size(value):
-    return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    """Bytes of ``value`` as compact ASCII JSON: how the SDKs measure a message."""
+    return len(_SIZE_ENCODER.encode(value))
 
 
 @functools.lru_cache(maxsize=65536)

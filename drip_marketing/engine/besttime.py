@@ -16,14 +16,18 @@ Model
 3. **Shrinkage** toward the store: the store's pattern is the smoothed histogram of all
    its customers, in their local times, normalised. A customer's weights are the
    posterior mean of a Dirichlet prior centred on that pattern with **prior strength**
-   ``kappa`` (:data:`DEFAULT_PRIOR_STRENGTH` = 5 pseudo-facts)::
+   ``kappa`` (:data:`DEFAULT_PRIOR_STRENGTH` = 25 pseudo-facts)::
 
        weights = (smoothed_counts + kappa * store_pattern) / (n + kappa)
 
    A customer without history gets the store's pattern; with ``n = kappa`` facts their own
-   habits weigh as much as the store's; with many facts the store hardly matters. The
-   benchmark (``bench/predictions.py``) sweeps ``kappa`` and the smoothing on held-out
-   opens; the defaults are its choice.
+   habits weigh as much as the store's; with many facts the store hardly matters. Because
+   a store's pattern is spread over many hours (its best hour holds a few per cent of the
+   mass), even a handful of a customer's own facts decides their *best* hour; the prior
+   mostly shapes the rest of the week, which matters when the send window excludes that
+   hour. The benchmark (``bench/predictions.py``) sweeps ``kappa`` (0.5 … 100) and the
+   smoothing on held-out opens: 25 ranked first on both sizes run, ahead of 5 and 10 by
+   about two standard errors, and 100 clearly worse.
 
 The refresh stores each customer's weighted histogram (sparse, a few numbers) and the
 store's pattern; weights are rebuilt from them when a step is scheduled, and
@@ -56,7 +60,7 @@ __all__ = [
 
 HOURS = HOURS_PER_WEEK
 KIND_WEIGHTS = {"open": 1.0, "click": 1.0, "order": 0.5}
-DEFAULT_PRIOR_STRENGTH = 5.0
+DEFAULT_PRIOR_STRENGTH = 25.0
 DEFAULT_SIGMA_HOURS = 1.0
 DEFAULT_DAY_POOLING = 0.3
 # Habits change: only facts of the last year count.

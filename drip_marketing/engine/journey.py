@@ -20,6 +20,7 @@ step trigger              the step is created when …
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 from . import hashing
 from .schedule import QuietHours, best_time_in_window, compute_send_time
@@ -200,3 +201,28 @@ def simulate(tree, entered_at, *, tz="UTC", quiet=None, journey_key="", partner_
                 next_steps += tree.starting_after(step.id, assumed)
         pending.extend((due_at(child, at, tz, quiet), child) for child in next_steps)
     return lines
+
+
+# ------------------------------------------------------------------------------------
+# Memoised due times (added for the backtest, issue 10). ``due_at`` is pure, and the same
+# (step, start, time zone, quiet hours) comes back for every participant who enters in
+# the same scan: the live scheduler and the backtest's thousands of walks share the
+# answers. ``simulate`` looks the name up at call time, so it uses this version too.
+# Unhashable arguments (a list of weights) skip the cache.
+_due_at_uncached = due_at
+
+
+@lru_cache(maxsize=65536)
+def _due_at_cached(step, base, tz, quiet, hour_weights):
+    return _due_at_uncached(step, base, tz, quiet, hour_weights)
+
+
+def due_at(step, base, tz, quiet=None, hour_weights=None):  # noqa: F811 - memoised above
+    try:
+        hash((step, base, tz, quiet, hour_weights))
+    except TypeError:
+        return _due_at_uncached(step, base, tz, quiet, hour_weights)
+    return _due_at_cached(step, base, tz, quiet, hour_weights)
+
+
+due_at.__doc__ = _due_at_uncached.__doc__

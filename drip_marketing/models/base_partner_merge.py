@@ -27,8 +27,9 @@ class BasePartnerMergeAutomaticWizard(models.TransientModel):
     @api.model
     def _update_foreign_keys(self, src_partners, dst_partner):
         self._drip_move_enrollments(src_partners, dst_partner)
-        super()._update_foreign_keys(src_partners, dst_partner)
+        result = super()._update_foreign_keys(src_partners, dst_partner)
         self._drip_after_move(dst_partner)
+        return result
 
     @api.model
     def _update_values(self, src_partners, dst_partner):
@@ -37,13 +38,14 @@ class BasePartnerMergeAutomaticWizard(models.TransientModel):
             channel: max(partners.mapped(fname), key=CONSENT_RESTRICTIVENESS.__getitem__)
             for channel, fname in CONSENT_FIELDS.items()
         }
-        super()._update_values(src_partners, dst_partner)
+        result = super()._update_values(src_partners, dst_partner)
         proof = _("Merged with %s", ", ".join(
             f"{partner.display_name} (#{partner.id})" for partner in src_partners
         ))
         for channel, state in strictest.items():
             if dst_partner[CONSENT_FIELDS[channel]] != state:
                 dst_partner._drip_set_consent(channel, state, source="merge", proof=proof)
+        return result
 
     @api.model
     def _drip_move_enrollments(self, src_partners, dst_partner):

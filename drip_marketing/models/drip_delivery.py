@@ -956,7 +956,7 @@ class DripDelivery(models.AbstractModel):
                 """
                 UPDATE drip_message m
                    SET state = 'scheduled', scheduled_at = v.until, reason = v.reason,
-                       deferred_count = m.deferred_count + 1, lease_until = NULL,
+                       deferred_count = COALESCE(m.deferred_count, 0) + 1, lease_until = NULL,
                        job_id = NULL, queued_at = NULL, write_date = %(now)s,
                        write_uid = %(uid)s
                   FROM unnest(%(ids)s::int[], %(until)s::timestamp[], %(reasons)s::text[])
@@ -992,7 +992,7 @@ class DripDelivery(models.AbstractModel):
                 UPDATE drip_message m
                    SET state = 'failed', error = v.error, reason = v.error,
                        skip_reason = COALESCE(v.code, m.skip_reason),
-                       attempt_count = m.attempt_count + 1, lease_until = NULL,
+                       attempt_count = COALESCE(m.attempt_count, 0) + 1, lease_until = NULL,
                        write_date = %(now)s, write_uid = %(uid)s
                   FROM unnest(%(ids)s::int[], %(codes)s::varchar[], %(errors)s::text[])
                        AS v(id, code, error)
@@ -1008,7 +1008,7 @@ class DripDelivery(models.AbstractModel):
             cr.execute(SQL(
                 """
                 UPDATE drip_message m
-                   SET state = 'sending', attempt_count = m.attempt_count + 1,
+                   SET state = 'sending', attempt_count = COALESCE(m.attempt_count, 0) + 1,
                        lease_until = %(lease)s, message_id_header = NULL, sent_at = NULL,
                        error = NULL, recipient = v.recipient, subject = v.subject,
                        write_date = %(now)s, write_uid = %(uid)s
@@ -1274,12 +1274,12 @@ class DripDelivery(models.AbstractModel):
         ids = [item["id"] for item, _detail in pairs]
         details = {item["id"]: str(detail) for item, detail in pairs}
         self.env.flush_all()
-        self.env.cr.execute("SELECT id, attempt_count FROM drip_message WHERE id = ANY(%s)",
-                            [ids])
+        self.env.cr.execute(
+            "SELECT id, COALESCE(attempt_count, 0) FROM drip_message WHERE id = ANY(%s)", [ids])
         attempts = dict(self.env.cr.fetchall())
         retry, final = [], []
         for message_id in ids:
-            count = attempts.get(message_id, 1)
+            count = max(attempts.get(message_id, 1), 1)
             if count >= max_attempts:
                 final.append((message_id, _("Gave up after %(count)s attempts: %(error)s",
                                             count=count, error=details[message_id])))
@@ -1458,14 +1458,17 @@ class DripDelivery(models.AbstractModel):
             # A claim that never reached the hand-off is still an attempt: a message that
             # kills its worker every time ends failed instead of looping forever.
             self.env.cr.execute(
-                "SELECT id, attempt_count FROM drip_message WHERE id = ANY(%s)",
+                "SELECT id, COALESCE(attempt_count, 0) FROM drip_message WHERE id = ANY(%s)",
                 [[mid for mid, _q in requeue]],
             )
             attempts = dict(self.env.cr.fetchall())
             max_attempts = self._setting("max_attempts")
-            exhausted = [(mid, _("The worker stopped %s times while delivering this message.",
-                                 attempts[mid]))
-                         for mid, _q in requeue if attempts.get(mid, 0) >= max_attempts]
+            exhausted = []
+            for mid, _queue in requeue:
+                if attempts.get(mid, 0) >= max_attempts:
+                    exhausted.append((mid, _(
+                        "The worker stopped %s times while delivering this message.",
+                        attempts[mid])))
             if exhausted:
                 self._fail(exhausted, now)
             done = {mid for mid, _e in exhausted}

@@ -31,7 +31,7 @@ import psycopg2
 from psycopg2.extensions import ISOLATION_LEVEL_READ_COMMITTED
 from psycopg2.extras import execute_values
 
-from odoo import api, fields, models, sql_db
+from odoo import api, fields, models, modules, sql_db
 from odoo.tools import SQL
 from odoo.tools.sql import create_index
 
@@ -240,6 +240,7 @@ def utc_iso(moment):
 # ------------------------------------------------------------------ rate limiting (Redis)
 _REDIS_LOCK = threading.Lock()
 _REDIS_CLIENTS = {}
+_REDIS_WARNED = [-1e9]
 # KEYS[1] bucket; ARGV rate, burst, cost, now (seconds). Returns {allowed, tokens*1000}.
 _REDIS_BUCKET_LUA = """
 local state = redis.call('HMGET', KEYS[1], 'tokens', 'at')
@@ -314,7 +315,10 @@ class DripIngest(models.AbstractModel):
                     return True, 0.0
                 return False, max(0.0, (cost - tokens / 1000.0) / rate)
             except Exception as error:  # noqa: BLE001 (Redis down: PostgreSQL still limits)
-                _logger.warning("Rate limiter: Redis unavailable (%s), using PostgreSQL", error)
+                if time.monotonic() - _REDIS_WARNED[0] > 60:  # once a minute, not per request
+                    _REDIS_WARNED[0] = time.monotonic()
+                    _logger.warning("Rate limiter: Redis unavailable (%s), using PostgreSQL",
+                                    error)
         try:
             return self._rate_limit_pg(bucket, cost, rate, burst)
         except (psycopg2.OperationalError, psycopg2.InterfaceError):
@@ -359,16 +363,15 @@ class DripIngest(models.AbstractModel):
         one key wait for each other on the row instead of failing with a serialization
         error in the request's REPEATABLE READ transaction.
         """
-        if self.env.registry.in_test_mode():
+        if _testing(self.env):
             return _Borrowed(self.env.cr)
         return _BUCKET_CONNECTIONS.cursor(self.env.cr.dbname)
 
     def _side_cursor(self):
         """A short READ COMMITTED transaction of its own (the test cursor in tests)."""
-        registry = self.env.registry
-        if registry.in_test_mode():
+        if _testing(self.env):
             return _Borrowed(self.env.cr)
-        cr = registry.cursor()
+        cr = self.env.registry.cursor()
         cr.connection.set_isolation_level(ISOLATION_LEVEL_READ_COMMITTED)
         return cr
 
@@ -385,7 +388,7 @@ class DripIngest(models.AbstractModel):
                 [now, source.id, now - _TOUCH_EVERY],
             )
 
-        if self.env.registry.in_test_mode():
+        if _testing(self.env):
             touch(self.env.cr)
             source.invalidate_recordset(["last_event_at"])
             return
@@ -889,6 +892,11 @@ class _BucketCursor:
 
 
 _BUCKET_CONNECTIONS = _BucketConnections()
+
+
+def _testing(env):
+    """In a test the test transaction is the only one: no side transaction, no commit."""
+    return bool(modules.module.current_test) or env.registry.in_test_mode()
 
 
 def _json(value):

@@ -809,8 +809,8 @@ class DripJourney(models.Model):
                 ("lift_treated_rate", "lift_holdout_rate", "lift_rate_diff", "lift_rate_low",
                  "lift_rate_high", "lift_treated_rpe", "lift_holdout_rpe", "lift_rpe_diff",
                  "lift_rpe_low", "lift_rpe_high"), 0.0)
-            treated = groups.get((journey.id, False), (0, 0, 0.0, 0.0))
-            holdout = groups.get((journey.id, True), (0, 0, 0.0, 0.0))
+            treated = groups.get((journey._origin.id, False), (0, 0, 0.0, 0.0))
+            holdout = groups.get((journey._origin.id, True), (0, 0, 0.0, 0.0))
             values.update(lift_treated_count=treated[0], lift_holdout_count=holdout[0])
             if not journey.holdout_percent and not holdout[0]:
                 values.update(lift_state="no_holdout", lift_summary=_(

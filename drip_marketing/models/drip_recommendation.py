@@ -68,7 +68,7 @@ WATERMARK_KEY = "drip_marketing.affinity_watermark"
 LIFT_TOLERANCE = 0.001
 # Read side: purchases used as seeds, candidates per seed / category, categories used.
 HISTORY_SEEDS = 10
-CANDIDATES_PER_SOURCE = 20
+CANDIDATES_PER_SOURCE = 10
 FAVOURITE_CATEGORIES = 3
 # Serialises the writers (incremental cron, rebuild): an order must not count twice.
 LOCK_KEY = 7460192347
@@ -112,8 +112,10 @@ class DripProductAffinity(models.Model):
         # The read: the neighbours of a product, best lift first, in one index range.
         self.env.cr.execute(
             """
-            CREATE INDEX IF NOT EXISTS drip_product_affinity_lookup_idx
-                ON drip_product_affinity (company_id, product_a_id, lift DESC, support);
+            DROP INDEX IF EXISTS drip_product_affinity_lookup_idx;
+            CREATE INDEX IF NOT EXISTS drip_product_affinity_neighbours_idx
+                ON drip_product_affinity (company_id, product_a_id, lift DESC, product_b_id)
+                INCLUDE (support);
             """
         )
 
@@ -486,7 +488,7 @@ class DripProductAffinity(models.Model):
                           FROM drip_product_affinity f
                          WHERE f.company_id = s.company_id AND f.product_a_id = s.product_id
                            AND f.support >= %(min_support)s
-                         ORDER BY f.lift DESC, f.support DESC, f.product_b_id
+                         ORDER BY f.lift DESC, f.product_b_id
                          LIMIT %(per_source)s) f
             ), categories AS (
                 SELECT w.partner_id, w.company_id, w.categ_id,
@@ -511,21 +513,28 @@ class DripProductAffinity(models.Model):
                          ORDER BY st.order_count DESC, st.product_id
                          LIMIT %(per_source)s) st
                  WHERE c.rank <= %(categories)s
-            ), best AS (
-                SELECT r.partner_id, r.company_id, st.product_id, 4 AS tier, 0 AS sub,
-                       st.order_count::float AS score
-                  FROM req r
+            ), store_best AS (
+                -- the store's best sellers, read once per company
+                SELECT c.company_id, st.product_id, st.order_count
+                  FROM (SELECT DISTINCT company_id FROM req) c
                   CROSS JOIN LATERAL (
                         SELECT st.product_id, st.order_count
                           FROM drip_product_stat st
-                         WHERE st.company_id = r.company_id
+                         WHERE st.company_id = c.company_id
                          ORDER BY st.order_count DESC, st.product_id
                          LIMIT %(per_best)s) st
+            ), best AS (
+                SELECT r.partner_id, r.company_id, b.product_id, 4 AS tier, 0 AS sub,
+                       b.order_count::float AS score
+                  FROM req r JOIN store_best b ON b.company_id = r.company_id
             ), candidates AS (
-                SELECT * FROM together
-                 UNION ALL SELECT * FROM category_best
-                 UNION ALL SELECT * FROM best
-            ), offerable AS (
+                -- each product once per customer, from its best source
+                SELECT DISTINCT ON (u.partner_id, u.company_id, u.product_id) u.*
+                  FROM (SELECT * FROM together
+                         UNION ALL SELECT * FROM category_best
+                         UNION ALL SELECT * FROM best) u
+                 ORDER BY u.partner_id, u.company_id, u.product_id, u.tier, u.sub, u.score DESC
+            ), offerable AS MATERIALIZED (
                 -- product-level rules, once per distinct product and company
                 SELECT c.company_id, c.product_id, pp.product_tmpl_id,
                        (%(repeat_flag)s = 'yes' OR (%(repeat_flag)s = 'auto'

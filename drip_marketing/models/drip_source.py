@@ -1,6 +1,6 @@
 import secrets
 
-from odoo import _, api, fields, models
+from odoo import api, fields, models
 from odoo.exceptions import ValidationError
 
 # Most events one request of the event API may carry (controllers/events.py).
@@ -81,10 +81,10 @@ class DripSource(models.Model):
         # A batch larger than the bucket could never be accepted.
         for source in self:
             if source.rate_burst < MAX_BATCH_EVENTS:
-                raise ValidationError(
-                    _("The burst must allow at least one full batch (%s events).",
-                      MAX_BATCH_EVENTS)
-                )
+                raise ValidationError(self.env._(
+                    "The burst must allow at least one full batch (%s events).",
+                    MAX_BATCH_EVENTS,
+                ))
 
     def action_rotate_write_key(self):
         for source in self:
@@ -110,6 +110,7 @@ class DripSource(models.Model):
         )
         if not source:
             source = self.sudo().create(
-                {"name": _("Event API"), "is_event_api": True, "company_id": company.id}
+                {"name": self.env._("Event API"), "is_event_api": True,
+                 "company_id": company.id}
             )
         return source

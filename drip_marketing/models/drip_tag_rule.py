@@ -168,6 +168,6 @@ class DripTagRule(models.Model):
     @api.model
     def _cron_sync_tags(self):
         """Sync every active rule; each rule is two statements, so one run does them all."""
-        rules = self.search([])
+        rules = self.search([("active", "=", True)])
         rules._sync_tags()
         self.env["ir.cron"]._notify_progress(done=len(rules), remaining=0)

@@ -94,12 +94,14 @@ class DripTimeline(models.Model):
                   FROM drip_message m
                  WHERE m.clicked_at IS NOT NULL AND m.is_test IS NOT TRUE
                 UNION ALL
-                SELECT e.id * 16 + %(k_journey_entered)s, e.partner_id, e.entered_at, 'journey_entered',
-                       e.state, NULL, e.journey_id, 'drip.enrollment', e.id, e.company_id
+                SELECT e.id * 16 + %(k_journey_entered)s, e.partner_id, e.entered_at,
+                       'journey_entered', e.state, NULL, e.journey_id, 'drip.enrollment', e.id,
+                       e.company_id
                   FROM drip_enrollment e
                 UNION ALL
-                SELECT e.id * 16 + %(k_journey_exited)s, e.partner_id, e.exited_at, 'journey_exited',
-                       e.exit_reason, NULL, e.journey_id, 'drip.enrollment', e.id, e.company_id
+                SELECT e.id * 16 + %(k_journey_exited)s, e.partner_id, e.exited_at,
+                       'journey_exited', e.exit_reason, NULL, e.journey_id, 'drip.enrollment',
+                       e.id, e.company_id
                   FROM drip_enrollment e
                  WHERE e.exited_at IS NOT NULL
                 UNION ALL

@@ -92,3 +92,48 @@ class ResConfigSettings(models.TransientModel):
         """Run the three prediction refreshes soon, in the background."""
         self.env["drip.prediction"]._trigger_refreshes()
         return True
+
+    # ------------------------------------------------------------------ integrator
+    def action_drip_test_redis(self):
+        """Ping the Redis URL typed in the form; show RQ's workers and queue depths."""
+        self.ensure_one()
+        if not self.env.user.has_group("drip_marketing.drip_marketing_group_manager"):
+            raise UserError(_("Only marketing managers can test the Redis connection."))
+        url = (self.drip_redis_url or "").strip()
+        if not url:
+            raise UserError(_("Enter a Redis URL first, e.g. redis://127.0.0.1:6379/0."))
+        self.env["drip.delivery"]._parse_redis_url(url)
+        import redis
+        import rq
+
+        try:
+            connection = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+            connection.ping()
+            names = [
+                (self.drip_queue_transactional or "drip_transactional").strip(),
+                (self.drip_queue_bulk or "drip_bulk").strip(),
+            ]
+            depths = [(name, rq.Queue(name, connection=connection).count) for name in names]
+            workers = rq.Worker.all(connection=connection)
+        except redis.exceptions.RedisError as error:
+            return self._drip_notification(
+                _("Redis is not reachable"), _("%(url)s: %(error)s", url=url, error=error),
+                "danger")
+        queues = ", ".join(
+            _("%(queue)s: %(count)s waiting", queue=name, count=count) for name, count in depths)
+        if workers:
+            worker_text = _(
+                "%(count)s worker(s): %(names)s", count=len(workers),
+                names=", ".join(f"{w.name} ({w.get_state()})" for w in workers))
+        else:
+            worker_text = _("0 workers: start one with 'rq worker' or the jobs module.")
+        return self._drip_notification(
+            _("Connected to Redis"), f"{worker_text}. {queues}.",
+            "success" if workers else "warning")
+
+    def _drip_notification(self, title, message, kind):
+        return {
+            "type": "ir.actions.client",
+            "tag": "display_notification",
+            "params": {"title": title, "message": message, "type": kind, "sticky": True},
+        }

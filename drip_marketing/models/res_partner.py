@@ -2,7 +2,8 @@ import json
 import logging
 import time
 from collections import defaultdict
-from datetime import datetime, time as dt_time, timedelta
+from datetime import datetime, timedelta
+from datetime import time as dt_time
 
 from odoo import _, api, fields, models
 from odoo.exceptions import AccessError, UserError
@@ -394,7 +395,7 @@ class ResPartner(models.Model):
                 addresses = set(leaving.mapped(address_field)) - {False}
                 kept = self.env[blacklist]._drip_unblock(addresses, include_foreign=public)
                 if kept:
-                    refused = leaving.filtered(lambda p: p[address_field] in kept)
+                    refused = leaving.filtered(lambda p, kept=kept: p[address_field] in kept)
                     _logger.info(
                         "Consent of partners %s stays opted out on %s: their address is on "
                         "Odoo's blacklist, lifted only at their own request.", refused.ids,
@@ -578,7 +579,8 @@ class ResPartner(models.Model):
                    if message else "email"}
         if message:
             payload["m"] = message.id
-        return f"{self.get_base_url()}/drip/unsubscribe/{self._drip_token('unsubscribe', **payload)}"
+        token = self._drip_token("unsubscribe", **payload)
+        return f"{self.get_base_url()}/drip/unsubscribe/{token}"
 
     def _drip_preferences_url(self):
         self.ensure_one()

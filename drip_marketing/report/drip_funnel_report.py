@@ -109,6 +109,16 @@ class DripFunnelReport(models.Model):
                 ON drip_enrollment (entered_at);
             """
         )
+        # One row per key. With the upsert below, two refreshes that overlap (a button
+        # and the cron, in snapshots taken before the other committed) end in a
+        # serialization failure that Odoo retries, never in counted-twice rows.
+        self.env.cr.execute(
+            """
+            CREATE UNIQUE INDEX IF NOT EXISTS drip_funnel_report_key_idx
+                ON drip_funnel_report (date, journey_id, step_id, channel, lang, rfm_segment,
+                                       company_id) NULLS NOT DISTINCT;
+            """
+        )
 
     # ------------------------------------------------------------------ refresh
     @api.model
@@ -197,6 +207,13 @@ class DripFunnelReport(models.Model):
               LEFT JOIN res_partner p ON p.id = f.partner_id
              GROUP BY f.day, f.journey_id, f.step_id, f.step_type, f.channel, p.lang,
                       p.drip_rfm_segment, f.company_id
+            ON CONFLICT (date, journey_id, step_id, channel, lang, rfm_segment, company_id)
+            DO UPDATE SET entered = EXCLUDED.entered, holdout = EXCLUDED.holdout,
+                          scheduled = EXCLUDED.scheduled, sent = EXCLUDED.sent,
+                          delivered = EXCLUDED.delivered, opened = EXCLUDED.opened,
+                          clicked = EXCLUDED.clicked, unsubscribed = EXCLUDED.unsubscribed,
+                          skipped = EXCLUDED.skipped, converted = EXCLUDED.converted,
+                          revenue = EXCLUDED.revenue
             """,
             entry_since=entry_since, message_since=message_since,
         )

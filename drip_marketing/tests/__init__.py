@@ -21,3 +21,4 @@ from . import test_lift_ab
 from . import test_backtest
 from . import test_delivery
 from . import test_audience_export
+from . import test_tours

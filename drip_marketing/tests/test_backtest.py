@@ -316,3 +316,58 @@ class TestBacktestActivationDay(DripCase):
         self.assertEqual(wizard.activation_sent_count, old + 5)
         self.env.cr.execute("SELECT count(*) FROM sale_order WHERE drip_abandoned_at IS NOT NULL")
         self.assertEqual(self.env.cr.fetchone()[0], 0, "the cart scan's stamps were rolled back")
+
+
+@tagged("post_install", "-at_install")
+class TestBacktestTriggers(DripCase):
+    """Sign-ups and API events replay through the journey's own trigger SQL."""
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.company.write({"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 0,
+                           "drip_default_tz": "UTC"})
+        cls.people = cls.env["res.partner"].create(
+            [{"name": f"Signup {i}", "email": f"signup{i}@example.com"} for i in range(6)])
+
+    def journey_on(self, trigger, **values):
+        journey = self.env["drip.journey"].create(dict({"name": trigger, "trigger": trigger},
+                                                       **values))
+        self.env["drip.step"].create({"journey_id": journey.id, "name": "Hello",
+                                      "step_type": "send", "template_id": self.template.id,
+                                      "channel": "email", "delay_value": 2})
+        return journey
+
+    def backtest(self, journey):
+        wizard = self.env["drip.journey.backtest"].create(
+            {"journey_id": journey.id, "days": 2, "end_at": START + timedelta(days=2)})
+        wizard.action_run()
+        return wizard
+
+    def test_partner_created(self):
+        journey = self.journey_on("partner_created")
+        self.env.flush_all()
+        # Five sign-ups inside the window, one before it.
+        for index, person in enumerate(self.people):
+            self.env.cr.execute("UPDATE res_partner SET create_date = %s WHERE id = %s",
+                                [at(-5 if index == 5 else 3 + 7 * index), person.id])
+        wizard = self.backtest(journey)
+        self.assertEqual(wizard.entrant_count, 5)
+        self.assertEqual(wizard.sent_count, 5)
+        per_day = wizard.result_json["entered_per_day"]
+        self.assertEqual(per_day, {"2026-03-02": 3, "2026-03-03": 2})
+
+    def test_api_events(self):
+        quiz = self.env["drip.event.type"].create({"name": "Quiz done", "code": "quiz_done"})
+        journey = self.journey_on("event", trigger_event_type_id=quiz.id,
+                                  reentry_policy="per_source")
+        events = self.env["drip.event"].create([
+            {"name": "quiz_done", "event_type_id": quiz.id, "partner_id": person.id}
+            for person in self.people[:4]])
+        self.env.flush_all()
+        for index, event in enumerate(events):
+            self.env.cr.execute("UPDATE drip_event SET create_date = %s WHERE id = %s",
+                                [at(-1 if index == 0 else 10 * index), event.id])
+        wizard = self.backtest(journey)
+        self.assertEqual(wizard.entrant_count, 3, "the event recorded before the window is old")
+        self.assertEqual(wizard.activation_entrant_count, 2)

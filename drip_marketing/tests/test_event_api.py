@@ -2,10 +2,14 @@
 
 import gzip
 import json
+import shutil
+import socket
+import subprocess
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from odoo.tests import HttpCase, new_test_user, tagged
+from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 from odoo.tools import mute_logger
 
 from ..controllers.events import MAX_BODY_BYTES, check_api_key
@@ -291,7 +295,8 @@ class TestEventApi(HttpCase):
         other = self.env["res.partner"].create({"name": "Other", "email": "other@example.com"})
         self.env["drip.identity"].create({"partner_id": other.id, "kind": "external",
                                           "value": "crm-1"})
-        response = self.post(self.events({"external_id": "crm-1", "email": "lin.wei@api-test.example"}))
+        response = self.post(self.events({"external_id": "crm-1",
+                                          "email": "lin.wei@api-test.example"}))
         self.assertEqual(response.status_code, 200)
         event = self.env["drip.event"].browse(response.json()["events"][0]["id"])
         self.assertEqual(event.partner_id, other, "the external id outranks the email")
@@ -299,3 +304,54 @@ class TestEventApi(HttpCase):
         self.assertRecordValues(conflict, [{"kind": "email", "value": "lin.wei@api-test.example",
                                             "partner_id": self.customer.id,
                                             "other_partner_id": other.id}])
+
+
+@tagged("post_install", "-at_install")
+class TestRateLimiter(TransactionCase):
+    """The token bucket, in PostgreSQL and in a real Redis (when redis-server exists)."""
+
+    def assertBucket(self, bucket):
+        Ingest = self.env["drip.ingest"]
+        self.assertEqual(Ingest._rate_limit(bucket, 10, rate=2, burst=10), (True, 0.0))
+        allowed, retry_after = Ingest._rate_limit(bucket, 4, rate=2, burst=10)
+        self.assertFalse(allowed, "the burst is spent")
+        self.assertTrue(1.0 < retry_after <= 2.0, retry_after)
+        self.assertTrue(Ingest._rate_limit("other-bucket", 4, rate=2, burst=10)[0])
+
+    def test_postgresql_bucket(self):
+        self.env["ir.config_parameter"].sudo().set_param("drip_marketing.redis_url", False)
+        self.assertBucket("pg-bucket")
+        self.env.cr.execute("SELECT tokens FROM drip_rate_bucket WHERE key = 'pg-bucket'")
+        self.assertLess(self.env.cr.fetchone()[0], 1)
+
+    def test_redis_bucket_and_fallback(self):
+        binary = shutil.which("redis-server")
+        if not binary:
+            self.skipTest("redis-server is not installed")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        server = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(server.wait)
+        self.addCleanup(server.terminate)
+        import redis
+
+        client = redis.Redis(port=port)
+        for _attempt in range(100):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        url = f"redis://127.0.0.1:{port}/0"
+        self.env["ir.config_parameter"].sudo().set_param("drip_marketing.redis_url", url)
+        self.assertBucket("redis-bucket")
+        self.assertTrue(client.exists(f"drip:rate:{self.env.cr.dbname}:redis-bucket"))
+        self.env.cr.execute("SELECT 1 FROM drip_rate_bucket WHERE key = 'redis-bucket'")
+        self.assertFalse(self.env.cr.fetchall(), "Redis configured: nothing in PostgreSQL")
+        server.terminate()
+        server.wait()
+        with mute_logger("odoo.addons.drip_marketing.models.drip_ingest"):
+            self.assertBucket("redis-down-bucket")  # PostgreSQL takes over

@@ -1,0 +1,67 @@
+"""tools/screenshots: runs against a throw-away copy of the demo database and writes
+non-empty 1400x900 PNGs (Odoo-free itself: it only drives the script as a subprocess)."""
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "tools" / "screenshots"
+NAMES = [
+    "screenshot_journey_diagram.png",
+    "screenshot_template_preview.png",
+    "screenshot_customer_timeline.png",
+    "screenshot_report_pivot.png",
+    "screenshot_report_graph.png",
+    "screenshot_settings.png",
+]
+
+
+def test_script_is_executable_python():
+    assert os.access(SCRIPT, os.X_OK)
+    assert SCRIPT.read_text().startswith("#!/usr/bin/env python3\n")
+
+
+def _psql(*args, **kwargs):
+    return subprocess.run(["psql", "-X", "-At", "-d", "postgres", *args],
+                          capture_output=True, text=True, timeout=kwargs.get("timeout", 600))
+
+
+@pytest.mark.slow
+@pytest.mark.odoo
+def test_screenshots_of_a_demo_copy(tmp_path):
+    pytest.importorskip("PIL")
+    from PIL import Image
+
+    odoo = os.environ.get("ODOO") or str(Path.home() / ".cache/drip_marketing/odoo-18.0")
+    if not (Path(odoo) / "odoo-bin").exists():
+        pytest.skip(f"no Odoo 18 tree at {odoo}")
+    if not any(Path(p).exists() for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")):
+        pytest.skip("no Chromium")
+    demo = os.environ.get("DRIP_SCREENSHOT_DB") or os.environ.get("DRIP_DB", "drip_demo")
+    if _psql("-c", f"SELECT 1 FROM pg_database WHERE datname = '{demo}'").stdout.strip() != "1":
+        pytest.skip(f"no demo database {demo} (scripts/run creates it)")
+    copy = f"drip_shots_{uuid.uuid4().hex[:8]}"
+    created = _psql("-c", f'CREATE DATABASE "{copy}" TEMPLATE "{demo}"')
+    if created.returncode:
+        pytest.skip(f"cannot copy {demo}: {created.stderr.strip()}")
+    try:
+        result = subprocess.run(
+            [sys.executable, str(SCRIPT), "--db", copy, "--out", str(tmp_path)],
+            capture_output=True, text=True, timeout=900, cwd=REPO)
+        assert result.returncode == 0, result.stdout + result.stderr
+        for name in NAMES:
+            path = tmp_path / name
+            assert path.exists() and path.stat().st_size > 10_000, name
+            assert path.stat().st_size < 500_000, name
+            with Image.open(path) as image:
+                assert image.format == "PNG"
+                assert image.size == (1400, 900), name
+                # Not a blank page: a real screen has many colours.
+                assert len(image.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
+    finally:
+        _psql("-c", f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
