@@ -92,7 +92,7 @@ class BasePartnerMergeAutomaticWizard(models.TransientModel):
             dst=dst_partner.id,
         ))
         duplicates = self.env["drip.enrollment"].browse([row[0] for row in self.env.cr.fetchall()])
-        duplicates._exit("manual")
+        duplicates._exit("merged")
         self.env["drip.identity.conflict"].invalidate_model()
         self.env["drip.identity.conflict"].sudo().search([
             ("partner_id", "=", dst_partner.id), ("other_partner_id", "=", dst_partner.id),

@@ -11,6 +11,7 @@ EXIT_REASONS = [
     ("journey_stopped", "Journey stopped"),
     ("exit_step", "Exit step"),
     ("erased", "Personal data erased"),
+    ("merged", "Customers merged"),
 ]
 
 

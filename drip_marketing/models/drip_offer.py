@@ -116,7 +116,8 @@ class DripOffer(models.AbstractModel):
 
     @api.model
     def _company_of(self, partner, order, message):
-        return ((message.company_id if message else None) or (order.company_id if order else None)
+        return ((message.company_id if message else None)
+                or (order.company_id if order else None)
                 or partner.company_id or self.env.company)
 
     @api.model
@@ -149,13 +150,15 @@ class DripOffer(models.AbstractModel):
             elif len(parts) == 4 and parts[2] == "product" and parts[3].isdigit():
                 product_of[message.id] = int(parts[3])
         if event_ids:
-            events = self.env["drip.event"].sudo().browse(sorted(set(event_ids.values()))).exists()
+            events = self.env["drip.event"].sudo().browse(sorted(set(event_ids.values())))
+            events = events.exists()
             events.fetch(["product_id"])
             by_event = {event.id: event.product_id.id for event in events}
             for message_id, event_id in event_ids.items():
                 if by_event.get(event_id):
                     product_of[message_id] = by_event[event_id]
-        products = self.env["product.product"].sudo().browse(sorted(set(product_of.values()))).exists()
+        products = self.env["product.product"].sudo().browse(sorted(set(product_of.values())))
+        products = products.with_context(active_test=False).exists()
         products.fetch(["active"])
         live = {product.id: product for product in products if product.active}
         return {mid: live[pid] for mid, pid in product_of.items() if pid in live}

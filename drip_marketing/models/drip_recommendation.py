@@ -64,8 +64,11 @@ BATCH_ORDERS = 20000
 # Orders confirmed in a transaction still open when the cron ran get this much slack.
 WATERMARK_OVERLAP = timedelta(hours=1)
 WATERMARK_KEY = "drip_marketing.affinity_watermark"
-# Stored lifts are rewritten only when they moved by more than this (relative).
-LIFT_TOLERANCE = 0.001
+# Lifts of the pairs a batch did not touch are rewritten only when they moved by more
+# than this (relative): the order total grows a little with every batch.
+LIFT_TOLERANCE = 0.01
+# Counting at least this many orders refreshes the planner statistics of the tables.
+ANALYZE_AFTER = 1000
 # Read side: purchases used as seeds, candidates per seed / category, categories used.
 HISTORY_SEEDS = 10
 CANDIDATES_PER_SOURCE = 10
@@ -252,33 +255,58 @@ class DripProductAffinity(models.Model):
             """,
             line_filter=self._line_filter("l"), now=now,
         ))
+        # The ledger first: the lift of the pairs below uses the new order totals. The
+        # lift of a pair this batch touches is written with its support (``EXCLUDED.lift``
+        # carries lift per unit of support); ``_update_lift`` refreshes the others.
         cr.execute(SQL(
             """
-            WITH baskets AS (
-                SELECT order_id FROM drip_reco_lines
-                 GROUP BY order_id HAVING count(*) BETWEEN 2 AND %(max_basket)s
-            )
-            INSERT INTO drip_product_affinity AS f (
-                company_id, product_a_id, product_b_id, support, lift, updated_at)
-            SELECT a.company_id, a.product_id, b.product_id, count(*), 0, %(now)s
-              FROM drip_reco_lines a
-              JOIN baskets k ON k.order_id = a.order_id
-              JOIN drip_reco_lines b ON b.order_id = a.order_id AND b.product_id <> a.product_id
-             GROUP BY a.company_id, a.product_id, b.product_id
-            ON CONFLICT (company_id, product_a_id, product_b_id) DO UPDATE SET
-                support = f.support + EXCLUDED.support,
-                updated_at = EXCLUDED.updated_at;
-
             INSERT INTO drip_product_affinity_order (
                 order_id, company_id, partner_id, date_order, counted_at)
             SELECT order_id, company_id, partner_id, date_order, %(now)s FROM drip_reco_orders
             ON CONFLICT (order_id) DO NOTHING;
 
+            WITH baskets AS (
+                SELECT order_id FROM drip_reco_lines
+                 GROUP BY order_id HAVING count(*) BETWEEN 2 AND %(max_basket)s
+            ), totals AS (
+                SELECT company_id, count(*)::float AS n
+                  FROM drip_product_affinity_order
+                 WHERE company_id = ANY(%(companies)s)
+                 GROUP BY company_id
+            ), pairs AS (
+                SELECT a.company_id, a.product_id AS product_a_id,
+                       b.product_id AS product_b_id, count(*) AS support
+                  FROM drip_reco_lines a
+                  JOIN baskets k ON k.order_id = a.order_id
+                  JOIN drip_reco_lines b ON b.order_id = a.order_id
+                       AND b.product_id <> a.product_id
+                 GROUP BY a.company_id, a.product_id, b.product_id
+            )
+            INSERT INTO drip_product_affinity AS f (
+                company_id, product_a_id, product_b_id, support, lift, updated_at)
+            SELECT p.company_id, p.product_a_id, p.product_b_id, p.support,
+                   p.support * t.n / (sa.order_count * sb.order_count), %(now)s
+              FROM pairs p
+              JOIN totals t ON t.company_id = p.company_id
+              JOIN drip_product_stat sa ON sa.company_id = p.company_id
+                   AND sa.product_id = p.product_a_id
+              JOIN drip_product_stat sb ON sb.company_id = p.company_id
+                   AND sb.product_id = p.product_b_id
+            ON CONFLICT (company_id, product_a_id, product_b_id) DO UPDATE SET
+                support = f.support + EXCLUDED.support,
+                lift = EXCLUDED.lift / EXCLUDED.support * (f.support + EXCLUDED.support),
+                updated_at = EXCLUDED.updated_at;
+
             DROP TABLE drip_reco_orders;
             DROP TABLE drip_reco_lines;
             """,
-            max_basket=MAX_BASKET, now=now,
+            max_basket=MAX_BASKET, now=now, companies=companies,
         ))
+        if counted >= ANALYZE_AFTER:
+            # Fresh statistics for the planner of the render-time read (autovacuum would
+            # get there, later): a stale estimate turns its joins into nested loops.
+            cr.execute("ANALYZE drip_product_affinity; ANALYZE drip_product_stat; "
+                       "ANALYZE drip_product_affinity_order")
         return counted, companies
 
     @api.model

@@ -4,6 +4,8 @@ Real Redis, RQ workers, SMTP, crashes and HTTP tracking are covered by the integ
 suite in ``tests/integration`` (they need committed rows and real services).
 """
 
+import email
+import email.policy
 import os
 from datetime import datetime, timedelta
 from email.header import decode_header, make_header
@@ -124,10 +126,15 @@ class TestDelivery(DripCase):
         message = self.due_messages(self.customers[:1])
         Delivery = self.env["drip.delivery"]
         plan, _immediate = Delivery._prepare(message, NOW, {})
-        built = Delivery._build_email(self.env["ir.mail_server"], plan[0])
+        mime = Delivery._build_email(self.env["ir.mail_server"], plan[0])
+        # What goes on the wire, read back as a receiving mail client would.
+        built = email.message_from_bytes(mime.as_bytes(), policy=email.policy.default)
         self.assertEqual(built["Message-Id"], plan[0]["message_id"])
-        self.assertEqual(str(make_header(decode_header(built["Subject"]))),
+        self.assertEqual(str(make_header(decode_header(mime["Subject"]))),
                          "您好 Zhang，购物车在等您")
+        self.assertEqual(str(built["Subject"]), "您好 Zhang，购物车在等您")
+        self.assertEqual(built["To"].addresses[0].display_name, "Zhang 0")
+        self.assertEqual(built.get_body(("plain",)).get_content().strip(), "Hi Zhang 0")
         unsubscribe = built["List-Unsubscribe"]
         self.assertIn("<mailto:", unsubscribe)
         self.assertIn("/drip/unsubscribe/", unsubscribe)

@@ -128,119 +128,121 @@ class TestIdentityStitching(TransactionCase):
 
     def test_anonymous_events_attach_when_the_visitor_identifies(self):
         first, second = self.ingest(
-            self.event(ids={"anonymous_id": "device-1"}),
-            self.event(call_type="page", ids={"anonymous_id": "device-1"}),
+            self.event(ids={"anonymous_id": "st-device-1"}),
+            self.event(call_type="page", ids={"anonymous_id": "st-device-1"}),
         )
         self.assertFalse(first.partner_id | second.partner_id, "anonymous: no customer yet")
         partners_before = self.env["res.partner"].search_count([])
         (identify,) = self.ingest(self.event(
             call_type="identify",
-            ids={"user_id": "u-100", "anonymous_id": "device-1", "email": "mei@example.com"},
+            ids={"user_id": "st-u-100", "anonymous_id": "st-device-1",
+                 "email": "mei@stitch.example"},
             traits={"name": "Mei Chen", "birthday": "1992-02-29", "language": "en-US"},
         ))
         mei = identify.partner_id
         self.assertTrue(mei)
         self.assertEqual(self.env["res.partner"].search_count([]), partners_before + 1)
-        self.assertRecordValues(mei, [{"name": "Mei Chen", "email": "mei@example.com",
+        self.assertRecordValues(mei, [{"name": "Mei Chen", "email": "mei@stitch.example",
                                        "drip_birthday": date(1992, 2, 29), "lang": "en_US"}])
         self.assertEqual((first | second).partner_id, mei, "earlier events were stitched")
-        for kind, value in (("user_id", "u-100"), ("anonymous_id", "device-1"),
-                            ("email", "mei@example.com")):
+        for kind, value in (("user_id", "st-u-100"), ("anonymous_id", "st-device-1"),
+                            ("email", "mei@stitch.example")):
             self.assertEqual(self.identity(kind, value).partner_id, mei, kind)
-        (later,) = self.ingest(self.event(ids={"anonymous_id": "device-1"}))
+        (later,) = self.ingest(self.event(ids={"anonymous_id": "st-device-1"}))
         self.assertEqual(later.partner_id, mei, "the device now resolves to her")
 
     def test_alias_attaches_the_previous_id(self):
-        (known,) = self.ingest(self.event(call_type="identify", ids={"user_id": "u-7"}))
-        (visit,) = self.ingest(self.event(call_type="page", ids={"anonymous_id": "tab-9"}))
+        (known,) = self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-7"}))
+        (visit,) = self.ingest(self.event(call_type="page", ids={"anonymous_id": "st-tab-9"}))
         self.assertFalse(visit.partner_id)
-        self.ingest(self.event(call_type="alias", ids={"user_id": "u-7"}, previous_id="tab-9"))
+        self.ingest(self.event(call_type="alias", ids={"user_id": "st-u-7"},
+                               previous_id="st-tab-9"))
         self.assertEqual(visit.partner_id, known.partner_id)
-        self.assertEqual(self.identity("anonymous_id", "tab-9").partner_id, known.partner_id)
+        self.assertEqual(self.identity("anonymous_id", "st-tab-9").partner_id, known.partner_id)
 
     def test_customers_typed_in_the_backend_are_found(self):
-        ann = self.env["res.partner"].create({"name": "Ann", "email": "Ann <ANN@example.com>"})
+        ann = self.env["res.partner"].create({"name": "Ann", "email": "Ann <ANN@stitch.example>"})
         self.company.partner_id.country_id = self.env.ref("base.cn")
         li = self.env["res.partner"].create({"name": "Li", "mobile": "+86 138 0013 8000"})
         partners_before = self.env["res.partner"].search_count([])
         by_email, by_phone = self.ingest(
-            self.event(ids={"email": "ann@example.com"}),
+            self.event(ids={"email": "ann@stitch.example"}),
             self.event(ids={"phone": "+8613800138000"}),
         )
         self.assertEqual(by_email.partner_id, ann)
         self.assertEqual(by_phone.partner_id, li)
         self.assertEqual(self.env["res.partner"].search_count([]), partners_before)
-        self.assertEqual(self.identity("email", "ann@example.com").partner_id, ann,
+        self.assertEqual(self.identity("email", "ann@stitch.example").partner_id, ann,
                          "the identity is recorded, so the next lookup is the indexed one")
 
     def test_conflicting_identity_is_recorded_never_merged(self):
-        ann = self.env["res.partner"].create({"name": "Ann", "email": "ann@example.com"})
-        self.ingest(self.event(ids={"email": "ann@example.com"}))
+        ann = self.env["res.partner"].create({"name": "Ann", "email": "ann@stitch.example"})
+        self.ingest(self.event(ids={"email": "ann@stitch.example"}))
         (bob_event,) = self.ingest(self.event(call_type="identify", ids={"user_id": "bob"},
                                               traits={"name": "Bob"}))
         bob = bob_event.partner_id
         # Bob's app now claims Ann's email.
         (claim,) = self.ingest(self.event(call_type="identify",
-                                          ids={"user_id": "bob", "email": "ann@example.com"}))
+                                          ids={"user_id": "bob", "email": "ann@stitch.example"}))
         self.assertEqual(claim.partner_id, bob, "the user id decides whose event it is")
-        conflict = self.env["drip.identity.conflict"].search([("value", "=", "ann@example.com")])
+        conflict = self.env["drip.identity.conflict"].search([("value", "=", "ann@stitch.example")])
         self.assertRecordValues(conflict, [{"kind": "email", "partner_id": ann.id,
                                             "other_partner_id": bob.id, "state": "open",
                                             "event_id": claim.id}])
         self.assertTrue(ann.exists() and bob.exists())
         self.assertFalse(bob.email, "Ann's email is not copied onto Bob")
-        self.assertEqual(self.identity("email", "ann@example.com").partner_id, ann)
+        self.assertEqual(self.identity("email", "ann@stitch.example").partner_id, ann)
         self.ingest(self.event(call_type="identify",
-                               ids={"user_id": "bob", "email": "ann@example.com"}))
+                               ids={"user_id": "bob", "email": "ann@stitch.example"}))
         self.assertEqual(
-            self.env["drip.identity.conflict"].search_count([("value", "=", "ann@example.com")]),
+            self.env["drip.identity.conflict"].search_count([("value", "=", "ann@stitch.example")]),
             1, "one open conflict per pair, however many events repeat it")
         action = conflict.action_merge()
         self.assertEqual(action["res_model"], "base.partner.merge.automatic.wizard")
 
     def test_trait_rules(self):
         (created,) = self.ingest(self.event(
-            call_type="identify", ids={"user_id": "u-55", "email": "kai@example.com"},
+            call_type="identify", ids={"user_id": "st-u-55", "email": "kai@stitch.example"},
             traits={"name": "Kai"},
         ))
         kai = created.partner_id
         self.assertEqual(set(kai.drip_traits_source) - {"_created_by"}, {"name", "email"})
         # A later identify updates what events set, and fills what is empty.
-        self.ingest(self.event(call_type="identify", ids={"user_id": "u-55"},
+        self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-55"},
                                traits={"name": "Kai Lee", "birthday": "1988-07-01"}))
         self.assertEqual(kai.name, "Kai Lee")
         self.assertEqual(kai.drip_birthday, date(1988, 7, 1))
         # An older identify (sent late) does not overwrite a newer value.
-        self.ingest(self.event(call_type="identify", ids={"user_id": "u-55"},
+        self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-55"},
                                occurred=T0 - timedelta(days=3), traits={"name": "K."}))
         self.assertEqual(kai.name, "Kai Lee")
         # A user corrects the name in the backend: from now on it is theirs.
         kai.write({"name": "Kai Lee-Wong"})
         self.assertNotIn("name", kai.drip_traits_source)
-        self.ingest(self.event(call_type="identify", ids={"user_id": "u-55"},
+        self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-55"},
                                traits={"name": "Kai L"}))
         self.assertEqual(kai.name, "Kai Lee-Wong")
         # A value typed before the module ever saw the person is never overwritten.
-        typed = self.env["res.partner"].create({"name": "Typed", "email": "typed@example.com",
+        typed = self.env["res.partner"].create({"name": "Typed", "email": "typed@stitch.example",
                                                 "lang": "en_US"})
         self.ingest(self.event(call_type="identify",
-                               ids={"user_id": "u-56", "email": "typed@example.com"},
+                               ids={"user_id": "st-u-56", "email": "typed@stitch.example"},
                                traits={"name": "From app", "language": "fr"}))
         self.assertRecordValues(typed, [{"name": "Typed", "lang": "en_US"}])
-        self.assertEqual(self.identity("user_id", "u-56").partner_id, typed)
+        self.assertEqual(self.identity("user_id", "st-u-56").partner_id, typed)
 
     def test_consent_traits(self):
-        (event,) = self.ingest(self.event(call_type="identify", ids={"user_id": "u-9",
-                                                                     "email": "c@example.com"},
+        (event,) = self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-9",
+                                                                     "email": "c@stitch.example"},
                                           traits={"email_consent": True}))
         customer = event.partner_id
         self.assertEqual(customer.drip_consent_email, "opted_in")
         ledger = self.env["drip.consent.event"].search([("partner_id", "=", customer.id)])
         self.assertEqual(ledger.mapped("source"), ["api"])
-        self.ingest(self.event(call_type="identify", ids={"user_id": "u-9"},
+        self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-9"},
                                traits={"email_consent": False}))
         self.assertEqual(customer.drip_consent_email, "opted_out", "an opt-out always applies")
-        self.ingest(self.event(call_type="identify", ids={"user_id": "u-9"},
+        self.ingest(self.event(call_type="identify", ids={"user_id": "st-u-9"},
                                traits={"email_consent": True}))
         self.assertEqual(customer.drip_consent_email, "opted_out",
                          "an API opt-in never lifts an opt-out")
@@ -248,31 +250,31 @@ class TestIdentityStitching(TransactionCase):
     def test_policy_never_keeps_events_unattached(self):
         self.source.unknown_partner_policy = "never"
         partners_before = self.env["res.partner"].search_count([])
-        (event,) = self.ingest(self.event(ids={"user_id": "u-unknown",
-                                               "email": "nobody@example.com"}))
+        (event,) = self.ingest(self.event(ids={"user_id": "st-u-unknown",
+                                               "email": "nobody@stitch.example"}))
         self.assertFalse(event.partner_id)
-        self.assertEqual(event.external_user_id, "u-unknown")
+        self.assertEqual(event.external_user_id, "st-u-unknown")
         self.assertEqual(self.env["res.partner"].search_count([]), partners_before)
         # Once the person exists (typed in the backend, identified elsewhere), a later
         # event with the user id attaches the earlier ones too.
         someone = self.env["res.partner"].create({"name": "Some One",
-                                                  "email": "someone@example.com"})
-        self.ingest(self.event(ids={"user_id": "u-unknown", "email": "someone@example.com"}))
+                                                  "email": "someone@stitch.example"})
+        self.ingest(self.event(ids={"user_id": "st-u-unknown", "email": "someone@stitch.example"}))
         self.assertEqual(event.partner_id, someone)
 
     def test_replayed_key_changes_nothing(self):
-        first = self.event(call_type="identify", ids={"user_id": "u-r"}, traits={"name": "R"})
+        first = self.event(call_type="identify", ids={"user_id": "st-u-r"}, traits={"name": "R"})
         self.ingest(first)
         replay = dict(first, traits={"name": "Changed"})
         results = self.Ingest._ingest([replay], self.source)
         self.assertTrue(results[0]["duplicate"])
-        self.assertEqual(self.identity("user_id", "u-r").partner_id.name, "R")
+        self.assertEqual(self.identity("user_id", "st-u-r").partner_id.name, "R")
         self.assertEqual(self.env["drip.event"].search_count(
             [("idempotency_key", "=", first["idempotency_key"])]), 1)
 
     def test_query_count_does_not_grow_with_the_batch(self):
         partners = self.env["res.partner"].create([
-            {"name": f"P{i}", "email": f"p{i}@example.com"} for i in range(100)
+            {"name": f"P{i}", "email": f"p{i}@stitch.example"} for i in range(100)
         ])
         self.ingest(*[self.event(ids={"email": p.email}) for p in partners])  # identities
         self.env.flush_all()

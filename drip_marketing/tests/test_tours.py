@@ -149,4 +149,5 @@ class TestTours(HttpCase):
         self.start_tour("/odoo/action-drip_marketing.res_config_settings_action",
                         "drip_integrator_tour", login="admin", timeout=180)
         self.assertTrue(self.env["res.users.apikeys"].sudo().search(
-            [("name", "=", "Shop event feed"), ("user_id", "=", self.env.ref("base.user_admin").id)]))
+            [("name", "=", "Shop event feed"),
+             ("user_id", "=", self.env.ref("base.user_admin").id)]))

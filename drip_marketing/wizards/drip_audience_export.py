@@ -19,7 +19,6 @@ The file is stored as an attachment of the segment and downloaded at once; nothi
 leaves the database (no clear-text identifier is ever written to it).
 """
 
-import base64
 import csv
 import io
 

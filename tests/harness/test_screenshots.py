@@ -2,6 +2,7 @@
 non-empty 1400x900 PNGs (Odoo-free itself: it only drives the script as a subprocess)."""
 
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -45,13 +46,29 @@ def test_screenshots_of_a_demo_copy(tmp_path):
     demo = os.environ.get("DRIP_SCREENSHOT_DB") or os.environ.get("DRIP_DB", "drip_demo")
     if _psql("-c", f"SELECT 1 FROM pg_database WHERE datname = '{demo}'").stdout.strip() != "1":
         pytest.skip(f"no demo database {demo} (scripts/run creates it)")
+    db_login = []
+    if os.environ.get("DRIP_SCREENSHOT_DB_USER"):
+        db_login = ["--db-user", os.environ["DRIP_SCREENSHOT_DB_USER"],
+                    "--db-password", os.environ.get("DRIP_SCREENSHOT_DB_PASSWORD", "")]
     copy = f"drip_shots_{uuid.uuid4().hex[:8]}"
     created = _psql("-c", f'CREATE DATABASE "{copy}" TEMPLATE "{demo}"')
     if created.returncode:
         pytest.skip(f"cannot copy {demo}: {created.stderr.strip()}")
+    # The copy needs its own filestore (asset bundles, images live there).
+    filestore = None
+    conf = os.environ.get("DRIP_ODOO_CONF")
+    if conf and Path(conf).exists():
+        import configparser
+
+        parser = configparser.ConfigParser()
+        parser.read(conf)
+        data_dir = parser.get("options", "data_dir", fallback="")
+        if data_dir and (Path(data_dir) / "filestore" / demo).is_dir():
+            filestore = Path(data_dir) / "filestore" / copy
+            shutil.copytree(Path(data_dir) / "filestore" / demo, filestore)
     try:
         result = subprocess.run(
-            [sys.executable, str(SCRIPT), "--db", copy, "--out", str(tmp_path)],
+            [sys.executable, str(SCRIPT), "--db", copy, "--out", str(tmp_path), *db_login],
             capture_output=True, text=True, timeout=900, cwd=REPO)
         assert result.returncode == 0, result.stdout + result.stderr
         for name in NAMES:
@@ -65,3 +82,5 @@ def test_screenshots_of_a_demo_copy(tmp_path):
                 assert len(image.convert("RGB").getcolors(maxcolors=1_000_000) or []) > 50
     finally:
         _psql("-c", f'DROP DATABASE IF EXISTS "{copy}" WITH (FORCE)')
+        if filestore:
+            shutil.rmtree(filestore, ignore_errors=True)
