@@ -30,6 +30,7 @@ Writes ``bench/results/funnel_backtest.{md,json}`` (``_<size>`` unless the size 
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -362,6 +363,7 @@ def main():
     report = {
         "benchmark": "funnel_backtest", "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "git": git_revision(), "machine": machine(), "versions": versions,
+        "load_average": round(os.getloadavg()[0], 1),
         "settings": {"size": args.size, "customers": customers, "orders": orders,
                      "days": args.days, "scan_interval_minutes": 60, **data},
         "results": results,
@@ -373,8 +375,8 @@ def main():
         f"# Funnel and backtest, {args.size}: {customers:,} customers / {orders:,} orders, "
         f"{data.get('ledger_rows', 0):,} ledger rows", "",
         f"{report['date']} · git {report['git']} · {report['machine']['cores']} cores, "
-        f"{report['machine']['memory_gib']} GiB · PostgreSQL {versions['postgresql']} · "
-        f"Odoo {versions['odoo']}", "",
+        f"{report['machine']['memory_gib']} GiB (load average {report['load_average']}) · "
+        f"PostgreSQL {versions['postgresql']} · Odoo {versions['odoo']}", "",
         "| figure | seconds | baseline | baseline s | × baseline | detail |",
         "|---|---:|---|---:|---:|---|",
     ]

@@ -14,7 +14,7 @@
     "installable": True,
     "depends": ["sale", "mail", "link_tracker", "utm", "phone_validation"],
     "external_dependencies": {
-        "python": ["rq", "redis", "jinja2", "python-dateutil", "phonenumbers"],
+        "python": ["rq", "redis", "jinja2", "python-dateutil", "phonenumbers", "PyYAML"],
     },
     "data": [
         "security/drip_marketing_groups.xml",

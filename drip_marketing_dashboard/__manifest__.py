@@ -16,4 +16,9 @@
     "data": [
         "data/dashboards.xml",
     ],
+    "assets": {
+        "web.assets_tests": [
+            "drip_marketing_dashboard/static/tests/tours/*",
+        ],
+    },
 }

@@ -44,7 +44,7 @@ class DripEvent(models.Model):
         string="Sender IP", help="Address the event was posted from (the API client)."
     )
     processed = fields.Boolean(
-        index=True, help="Journeys listening to this event type have evaluated it."
+        help="Journeys listening to this event type have evaluated it."
     )
 
     _sql_constraints = [

@@ -13,6 +13,7 @@ from .domain_tools import checked_domain
 # which goals make sense.
 ORDER_TRIGGERS = ("order_confirmed", "cart_abandoned")
 SCAN_OVERLAP = timedelta(minutes=15)
+EVENT_ID_OVERLAP = 1000
 
 TRIGGERS = [
     ("partner_created", "Customer created or signed up"),
@@ -154,6 +155,9 @@ class DripJourney(models.Model):
     # id for event-based ones (events may arrive with an old occurred_at).
     scan_watermark = fields.Datetime(readonly=True, copy=False)
     event_watermark = fields.Integer(readonly=True, copy=False)
+    event_floor = fields.Integer(
+        readonly=True, copy=False, help="Last event id before activation: never replayed."
+    )
     step_ids = fields.One2many("drip.step", "journey_id", string="Steps")
     root_step_ids = fields.One2many(
         "drip.step", "journey_id", domain=[("parent_id", "=", False)], string="First steps"
@@ -333,7 +337,7 @@ class DripJourney(models.Model):
         # Start listening from now: switching a journey on never replays the past
         # (except the cart look-back an admin opts into).
         self.write({"state": "running", "activated_at": now, "scan_watermark": now,
-                    "event_watermark": last_event})
+                    "event_watermark": last_event, "event_floor": last_event})
         return True
 
     def action_pause(self):
@@ -632,7 +636,11 @@ class DripJourney(models.Model):
         )
 
     def _event_candidates(self, max_event_id, type_code=None, type_id=None, payload=None):
-        conditions = [SQL("ev.id > %s AND ev.id <= %s", self.event_watermark, max_event_id),
+        # Ids are taken at insert but become visible at commit: re-read a margin of ids
+        # below the watermark (never before activation) so a late commit is not skipped;
+        # the enrollment's unique key drops what was already seen.
+        since_id = max(self.event_watermark - EVENT_ID_OVERLAP, self.event_floor)
+        conditions = [SQL("ev.id > %s AND ev.id <= %s", since_id, max_event_id),
                       SQL("ev.partner_id IS NOT NULL")]
         if type_code:
             conditions.append(SQL("t.code = %s", type_code))

@@ -55,6 +55,8 @@ class DripOffer(models.AbstractModel):
         """``{key: {"recommendations": [...], "product": {...} | None,
         "coupon": {...} | None}}`` for a batch of context items."""
         result = {item[0]: self._no_offer() for item in items}
+        # Steps without a template (webhook calls…) render nothing: no offer to prepare.
+        items = [item for item in items if not item[5] or item[5].template_id]
         if not items:
             return result
         Message = self.env["drip.message"]

@@ -16,10 +16,10 @@ written set-based in SQL (they are technical models: no ORM writes, ``_log_acces
 ``date_order`` to the confirmation time) that are not in the ledger yet, in bounded batches:
 pair counts and per-product counts are *added* (``INSERT … ON CONFLICT DO UPDATE``), the
 customer and repeat counts are derived from the counted history of the batch's customers
-only, and the lift is then recomputed from the stored counts — never a rescan of all
-orders. ``_rebuild`` clears and recounts everything through the same code path; a weekly
-cron runs it to forget cancelled orders and backdated imports (the incremental pass only
-adds).
+only, and the lift of every pair with a product of the batch is recomputed from the stored
+counts — never a rescan of all orders. ``_rebuild`` clears and recounts everything
+through the same code path; a weekly cron runs it to forget cancelled orders and
+backdated imports (the incremental pass only adds) and to make every lift exact.
 
 **Reading** (``_recommend``): ONE SQL statement for a whole batch of customers, over
 indexes only (orders by customer, the pair table by (company, product a, lift), the
@@ -119,6 +119,8 @@ class DripProductAffinity(models.Model):
             CREATE INDEX IF NOT EXISTS drip_product_affinity_neighbours_idx
                 ON drip_product_affinity (company_id, product_a_id, lift DESC, product_b_id)
                 INCLUDE (support);
+            CREATE INDEX IF NOT EXISTS drip_product_affinity_product_b_idx
+                ON drip_product_affinity (company_id, product_b_id);
             """
         )
 
@@ -183,7 +185,7 @@ class DripProductAffinity(models.Model):
         """Add the orders selected by ``orders_sql`` (columns ``order_id, company_id,
         partner_id, date_order``; none of them counted yet) to the three tables.
 
-        Returns ``(orders counted, companies touched)``.
+        Returns ``(orders counted, companies touched, products sold)``.
         """
         cr = self.env.cr
         now = fields.Datetime.now()
@@ -207,7 +209,9 @@ class DripProductAffinity(models.Model):
         cr.execute("SELECT count(*), array_agg(DISTINCT company_id) FROM drip_reco_orders")
         counted, companies = cr.fetchone()
         if not counted:
-            return 0, []
+            return 0, [], []
+        cr.execute("SELECT array_agg(DISTINCT product_id) FROM drip_reco_lines")
+        products = cr.fetchone()[0] or []
         # Per product: orders added, customers new to it, customers crossing 2 orders of
         # it; "before" is the counted history of this batch's customers only.
         cr.execute(SQL(
@@ -307,14 +311,34 @@ class DripProductAffinity(models.Model):
             # get there, later): a stale estimate turns its joins into nested loops.
             cr.execute("ANALYZE drip_product_affinity; ANALYZE drip_product_stat; "
                        "ANALYZE drip_product_affinity_order")
-        return counted, companies
+        return counted, companies, products
 
     @api.model
-    def _update_lift(self, companies):
-        """Lift of every pair of ``companies`` from the stored counts (no order rescan);
-        only rows that moved by more than ``LIFT_TOLERANCE`` are rewritten."""
+    def _update_lift(self, companies, products=None):
+        """Lift of the pairs of ``companies`` with one of ``products`` (all pairs when
+        None) from the stored counts, never an order rescan; only rows that moved by more
+        than ``LIFT_TOLERANCE`` are rewritten.
+
+        A pair is refreshed whenever one of its products sells again; the other pairs keep
+        the order total of their last refresh (a factor common to all of them, so their
+        ranking among themselves holds) until then or the weekly rebuild.
+        """
         if not companies:
             return
+        if products is None:
+            scope = SQL("SELECT id FROM drip_product_affinity WHERE company_id = ANY(%s)",
+                        list(companies))
+        else:
+            scope = SQL(
+                """
+                SELECT id FROM drip_product_affinity
+                 WHERE company_id = ANY(%(companies)s) AND product_a_id = ANY(%(products)s)
+                 UNION
+                SELECT id FROM drip_product_affinity
+                 WHERE company_id = ANY(%(companies)s) AND product_b_id = ANY(%(products)s)
+                """,
+                companies=list(companies), products=list(products),
+            )
         self.env.cr.execute(SQL(
             """
             WITH totals AS (
@@ -324,7 +348,8 @@ class DripProductAffinity(models.Model):
                  GROUP BY company_id
             ), fresh AS (
                 SELECT f.id, f.support * t.n / (sa.order_count * sb.order_count) AS lift
-                  FROM drip_product_affinity f
+                  FROM (%(scope)s) s
+                  JOIN drip_product_affinity f ON f.id = s.id
                   JOIN totals t ON t.company_id = f.company_id
                   JOIN drip_product_stat sa ON sa.company_id = f.company_id
                        AND sa.product_id = f.product_a_id
@@ -336,7 +361,7 @@ class DripProductAffinity(models.Model):
               FROM fresh
              WHERE f.id = fresh.id AND abs(f.lift - fresh.lift) > %(tolerance)s * fresh.lift
             """,
-            companies=list(companies), tolerance=LIFT_TOLERANCE,
+            companies=list(companies), tolerance=LIFT_TOLERANCE, scope=scope,
         ))
 
     @api.model
@@ -355,7 +380,7 @@ class DripProductAffinity(models.Model):
         self._flush_sources()
         since_sql = SQL("AND o.date_order >= %s", since - WATERMARK_OVERLAP) if since else SQL()
         limit_sql = SQL("LIMIT %s", limit) if limit else SQL()
-        counted, companies = self._count_orders(SQL(
+        counted, companies, products = self._count_orders(SQL(
             """
             SELECT o.id AS order_id, o.company_id, o.partner_id, o.date_order
               FROM sale_order o
@@ -367,7 +392,7 @@ class DripProductAffinity(models.Model):
             """,
             since=since_sql, limit=limit_sql,
         ))
-        self._update_lift(companies)
+        self._update_lift(companies, products)
         remaining = 0
         if limit and counted >= limit:
             # Not caught up: resume from the last order counted (the ledger skips the

@@ -2,7 +2,7 @@ import json
 from datetime import timedelta
 
 from odoo import fields
-from odoo.tests import TransactionCase, new_test_user, tagged
+from odoo.tests import HttpCase, TransactionCase, new_test_user, tagged
 
 from odoo.addons.spreadsheet.utils.validate_data import (
     fields_in_spreadsheet,
@@ -106,3 +106,10 @@ class TestDripDashboard(TransactionCase):
             if figure["data"]["type"] == "scorecard":
                 row = figure["data"]["keyValue"].split("!D")[1]
                 self.assertIn(f"B{row}", self.data["sheets"][1]["cells"])
+
+
+@tagged("post_install", "-at_install")
+class TestDripDashboardTour(HttpCase):
+    def test_dashboard_opens_in_the_dashboards_app(self):
+        self.start_tour("/odoo/action-spreadsheet_dashboard.ir_actions_dashboard_action",
+                        "drip_marketing_dashboard_tour", login="admin")
