@@ -80,8 +80,9 @@ def git_revision():
 def machine(db, redis):
     with open("/proc/meminfo") as meminfo:
         kib = next(int(line.split()[1]) for line in meminfo if line.startswith("MemTotal"))
-    import odoo.release
     import rq
+
+    import odoo.release
 
     with db.env() as env:
         env.cr.execute("SHOW server_version")

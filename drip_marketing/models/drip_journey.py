@@ -6,7 +6,6 @@ from odoo.tools import SQL
 
 from ..engine import hashing
 from ..engine import journey as journey_engine
-
 from .domain_tools import checked_domain
 
 # Which record a journey's entrants come from: drives the source of an enrollment and

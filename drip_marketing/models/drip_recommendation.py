@@ -64,6 +64,7 @@ BATCH_ORDERS = 20000
 # Orders confirmed in a transaction still open when the cron ran get this much slack.
 WATERMARK_OVERLAP = timedelta(hours=1)
 WATERMARK_KEY = "drip_marketing.affinity_watermark"
+LIFT_TOTAL_KEY = "drip_marketing.affinity_lift_total.%s"
 # Lifts of the pairs a batch did not touch are rewritten only when they moved by more
 # than this (relative): the order total grows a little with every batch.
 LIFT_TOLERANCE = 0.01
@@ -96,7 +97,7 @@ class DripProductAffinity(models.Model):
                                    ondelete="cascade", readonly=True)
     support = fields.Integer(readonly=True, help="Confirmed orders containing both products.")
     lift = fields.Float(
-        readonly=True, digits=(16, 3),
+        readonly=True,
         help="How much more often the two are bought together than by chance: support × "
         "orders / (orders with the product × orders with the other one). Above 1: "
         "complementary products.",
@@ -115,7 +116,7 @@ class DripProductAffinity(models.Model):
         # The read: the neighbours of a product, best lift first, in one index range.
         self.env.cr.execute(
             """
-            DROP INDEX IF EXISTS drip_product_affinity_lookup_idx;
+            DROP INDEX IF EXISTS drip_product_affinity_lookup_idx;  -- earlier name
             CREATE INDEX IF NOT EXISTS drip_product_affinity_neighbours_idx
                 ON drip_product_affinity (company_id, product_a_id, lift DESC, product_b_id)
                 INCLUDE (support);
@@ -319,9 +320,8 @@ class DripProductAffinity(models.Model):
         None) from the stored counts, never an order rescan; only rows that moved by more
         than ``LIFT_TOLERANCE`` are rewritten.
 
-        A pair is refreshed whenever one of its products sells again; the other pairs keep
-        the order total of their last refresh (a factor common to all of them, so their
-        ranking among themselves holds) until then or the weekly rebuild.
+        A pair is refreshed whenever one of its products sells again; the others keep the
+        order total of their last refresh, within ``LIFT_TOLERANCE`` (``_refresh_lift``).
         """
         if not companies:
             return
@@ -365,6 +365,29 @@ class DripProductAffinity(models.Model):
         ))
 
     @api.model
+    def _refresh_lift(self, companies, products):
+        """After a count: the pairs of the products sold, or every pair of a company
+        whose order total grew by more than ``LIFT_TOLERANCE`` since its last full
+        refresh, so that no stored lift drifts further than that."""
+        if not companies:
+            return
+        params = self.env["ir.config_parameter"].sudo()
+        self.env.cr.execute(
+            "SELECT company_id, count(*) FROM drip_product_affinity_order "
+            "WHERE company_id = ANY(%s) GROUP BY company_id", [list(companies)])
+        full, partial = [], []
+        for company_id, total in self.env.cr.fetchall():
+            key = LIFT_TOTAL_KEY % company_id
+            last = float(params.get_param(key) or 0)
+            if total > last * (1 + LIFT_TOLERANCE):
+                full.append(company_id)
+                params.set_param(key, str(total))
+            else:
+                partial.append(company_id)
+        self._update_lift(full)
+        self._update_lift(partial, products)
+
+    @api.model
     def _update_from_orders(self, limit=BATCH_ORDERS, now=None):
         """Count the orders confirmed since the watermark; return ``(counted, remaining)``.
 
@@ -392,7 +415,7 @@ class DripProductAffinity(models.Model):
             """,
             since=since_sql, limit=limit_sql,
         ))
-        self._update_lift(companies, products)
+        self._refresh_lift(companies, products)
         remaining = 0
         if limit and counted >= limit:
             # Not caught up: resume from the last order counted (the ledger skips the
@@ -431,7 +454,9 @@ class DripProductAffinity(models.Model):
             DELETE FROM drip_product_affinity_order;
             """
         )
-        self.env["ir.config_parameter"].sudo().set_param(WATERMARK_KEY, False)
+        params = self.env["ir.config_parameter"].sudo()
+        params.set_param(WATERMARK_KEY, False)
+        params.search([("key", "=like", LIFT_TOTAL_KEY % "%")]).unlink()
         # Advisory locks are re-entrant within a session: the count below takes it again.
         counted, _remaining = self._update_from_orders(limit=None)
         return counted
@@ -775,7 +800,7 @@ class DripProductStat(models.Model):
         string="Repeat customers", readonly=True,
         help="Customers who bought it in at least two orders.")
     repeat_rate = fields.Float(
-        readonly=True, digits=(16, 3),
+        readonly=True,
         help="Share of its customers who bought it again: a repeat-purchase product "
         "above the configured rate may be recommended to someone who already bought it.")
     last_sold_at = fields.Datetime(readonly=True)

@@ -21,7 +21,9 @@ class SaleOrder(models.Model):
         "the order date.",
     )
     drip_abandoned_at = fields.Datetime(
-        string="Cart abandoned at", copy=False, readonly=True,
+        string="Cart abandoned at",
+        copy=False,
+        readonly=True,
         help="When the cart was found idle past the company's delay.",
     )
     drip_attributed_message_id = fields.Many2one(
@@ -77,13 +79,18 @@ class SaleOrder(models.Model):
         """
         now = now or fields.Datetime.now()
         self.flush_model()
-        public_partners = self.env.ref("base.group_public").sudo().with_context(
-            active_test=False).users.partner_id.ids
+        public_partners = (
+            self.env.ref("base.group_public")
+            .sudo()
+            .with_context(active_test=False)
+            .users.partner_id.ids
+        )
         stamped = 0
         for company in self.env["res.company"].sudo().search([]):
             idle_before = now - timedelta(hours=company.drip_cart_abandon_delay)
-            self.env.cr.execute(SQL(
-                """
+            self.env.cr.execute(
+                SQL(
+                    """
                 UPDATE sale_order o SET drip_abandoned_at = %(now)s
                  WHERE o.id IN (
                        SELECT c.id FROM sale_order c
@@ -99,9 +106,14 @@ class SaleOrder(models.Model):
                         LIMIT %(limit)s
                           FOR UPDATE SKIP LOCKED)
                 """,
-                now=now, idle_before=idle_before, company=company.id,
-                public=public_partners or [0], limit=limit, extra=self._drip_cart_scan_filter(),
-            ))
+                    now=now,
+                    idle_before=idle_before,
+                    company=company.id,
+                    public=public_partners or [0],
+                    limit=limit,
+                    extra=self._drip_cart_scan_filter(),
+                )
+            )
             stamped += self.env.cr.rowcount
         self.invalidate_model(["drip_abandoned_at"])
         return stamped
@@ -122,17 +134,28 @@ class SaleOrder(models.Model):
         if not confirmed:
             return
         confirmed._drip_attribute()
-        enrollments = self.env["drip.enrollment"].sudo().search(
-            [("partner_id", "in", confirmed.partner_id.ids), ("state", "in", ("active", "paused"))]
+        enrollments = (
+            self.env["drip.enrollment"]
+            .sudo()
+            .search(
+                [
+                    ("partner_id", "in", confirmed.partner_id.ids),
+                    ("state", "in", ("active", "paused")),
+                ]
+            )
         )
         enrollments._goal_reached()._exit("goal_reached")
         # Steps waiting for "order placed" after a recent message start now.
         for company, orders in confirmed.grouped("company_id").items():
             since = fields.Datetime.now() - timedelta(days=company.drip_attribution_window_days)
             self.env["drip.message"].sudo().search(
-                [("partner_id", "in", orders.partner_id.ids), ("state", "=", "sent"),
-                 ("channel", "!=", "action"), ("sent_at", ">=", since),
-                 ("enrollment_id.state", "in", ("active", "completed"))]
+                [
+                    ("partner_id", "in", orders.partner_id.ids),
+                    ("state", "=", "sent"),
+                    ("channel", "!=", "action"),
+                    ("sent_at", ">=", since),
+                    ("enrollment_id.state", "in", ("active", "completed")),
+                ]
             )._on_outcome("ordered")
 
     def _drip_attribute(self):
@@ -181,6 +204,9 @@ class SaleOrder(models.Model):
             {"orders": self.ids},
         )
         self.invalidate_model(["drip_attributed_message_id"])
-        self.env["drip.message"].invalidate_model(["converted_at", "conversion_order_id", "revenue"])
+        self.env["drip.message"].invalidate_model(
+            ["converted_at", "conversion_order_id", "revenue"]
+        )
         self.env["drip.enrollment"].invalidate_model(
-            ["converted_at", "conversion_order_id", "revenue"])
+            ["converted_at", "conversion_order_id", "revenue"]
+        )

@@ -15,7 +15,9 @@ class DripCase(TransactionCase):
         cls.company = cls.env.company
         cls.other_company = cls.env["res.company"].create({"name": "Other Store"})
         cls.rep = new_test_user(
-            cls.env, login="drip_rep", groups="base.group_user,drip_marketing.drip_marketing_group_user"
+            cls.env,
+            login="drip_rep",
+            groups="base.group_user,drip_marketing.drip_marketing_group_user",
         )
         cls.manager = new_test_user(
             cls.env,

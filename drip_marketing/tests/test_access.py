@@ -27,18 +27,30 @@ class TestAccess(DripCase):
             )
         with self.assertRaises(AccessError):
             self.template.with_user(self.rep).write({"subject": "Changed"})
-        self.assertEqual(self.template.with_user(self.rep).subject, "Hello {{ partner.first_name }}")
+        self.assertEqual(
+            self.template.with_user(self.rep).subject, "Hello {{ partner.first_name }}"
+        )
 
     def test_manager_creates_and_edits(self):
-        template = self.env["drip.template"].with_user(self.manager).create(
-            {"name": "Welcome", "channel": "email", "subject": "Hi", "body_html": "<p>x</p>"}
+        template = (
+            self.env["drip.template"]
+            .with_user(self.manager)
+            .create(
+                {"name": "Welcome", "channel": "email", "subject": "Hi", "body_html": "<p>x</p>"}
+            )
         )
-        journey = self.env["drip.journey"].with_user(self.manager).create(
-            {"name": "Welcome", "trigger": "partner_created"}
+        journey = (
+            self.env["drip.journey"]
+            .with_user(self.manager)
+            .create({"name": "Welcome", "trigger": "partner_created"})
         )
         self.env["drip.step"].with_user(self.manager).create(
-            {"journey_id": journey.id, "name": "Send", "step_type": "send",
-             "template_id": template.id}
+            {
+                "journey_id": journey.id,
+                "name": "Send",
+                "step_type": "send",
+                "template_id": template.id,
+            }
         )
         journey.action_start()
         self.assertEqual(journey.state, "running")
@@ -66,12 +78,15 @@ class TestAccess(DripCase):
         self.assertTrue(source.write_key)
         with self.assertRaises(AccessError):
             source.with_user(self.rep).read(["write_key"])
-        self.assertEqual(source.with_user(self.manager).read(["write_key"])[0]["write_key"],
-                         source.write_key)
+        self.assertEqual(
+            source.with_user(self.manager).read(["write_key"])[0]["write_key"], source.write_key
+        )
 
     def test_consent_ledger_is_append_only_for_everyone(self):
-        event = self.env["drip.consent.event"].with_user(self.rep).create(
-            {"partner_id": self.customer.id, "channel": "email", "new_state": "opted_in"}
+        event = (
+            self.env["drip.consent.event"]
+            .with_user(self.rep)
+            .create({"partner_id": self.customer.id, "channel": "email", "new_state": "opted_in"})
         )
         self.assertEqual(event.user_id, self.rep)
         for user in (self.rep, self.manager):
@@ -86,8 +101,11 @@ class TestAccess(DripCase):
     def test_rep_sees_messages_but_cannot_forge_them(self):
         enrollment = self.enroll()
         message = self.env["drip.message"].create(
-            {"enrollment_id": enrollment.id, "step_id": self.step_first.id,
-             "scheduled_at": "2026-11-23 10:00:00"}
+            {
+                "enrollment_id": enrollment.id,
+                "step_id": self.step_first.id,
+                "scheduled_at": "2026-11-23 10:00:00",
+            }
         )
         self.assertEqual(message.with_user(self.rep).state, "scheduled")
         with self.assertRaises(AccessError):
@@ -97,16 +115,23 @@ class TestAccess(DripCase):
 
     def test_rep_adds_a_customer_to_a_running_journey(self):
         self.journey.action_start()
-        wizard = self.env["drip.journey.enroll"].with_user(self.rep).with_context(
-            active_model="res.partner", active_ids=self.customer.ids).create(
-            {"journey_id": self.journey.id})
+        wizard = (
+            self.env["drip.journey.enroll"]
+            .with_user(self.rep)
+            .with_context(active_model="res.partner", active_ids=self.customer.ids)
+            .create({"journey_id": self.journey.id})
+        )
         self.assertEqual(wizard.partner_ids, self.customer)
         result = wizard.action_enroll()
         self.assertIn("1 customer(s) entered", result["params"]["message"])
         enrollment = self.env["drip.enrollment"].search(
-            [("journey_id", "=", self.journey.id), ("partner_id", "=", self.customer.id)])
+            [("journey_id", "=", self.journey.id), ("partner_id", "=", self.customer.id)]
+        )
         self.assertEqual(len(enrollment), 1)
         self.assertEqual(enrollment.message_ids.step_id, self.step_first)
-        again = self.env["drip.journey.enroll"].with_user(self.rep).create(
-            {"journey_id": self.journey.id, "partner_ids": [(6, 0, self.customer.ids)]})
+        again = (
+            self.env["drip.journey.enroll"]
+            .with_user(self.rep)
+            .create({"journey_id": self.journey.id, "partner_ids": [(6, 0, self.customer.ids)]})
+        )
         self.assertIn("already in it", again.action_enroll()["params"]["message"])

@@ -1,6 +1,5 @@
 from datetime import datetime, timedelta
 
-from odoo import fields
 from odoo.tests import freeze_time, tagged
 
 from .common import DripCase
@@ -14,11 +13,11 @@ class TestJourneyEngine(DripCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.company.write({"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 0,
-                           "drip_default_tz": "UTC"})
+        cls.company.write(
+            {"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 0, "drip_default_tz": "UTC"}
+        )
         cls.partners = cls.env["res.partner"].create(
-            [{"name": f"Customer {i}", "email": f"c{i}@example.com", "tz": "UTC"}
-             for i in range(6)]
+            [{"name": f"Customer {i}", "email": f"c{i}@example.com", "tz": "UTC"} for i in range(6)]
         )
         cls.flow = cls.env["drip.journey"].create(
             {"name": "Flow", "trigger": "partner_created", "reentry_policy": "once"}
@@ -27,17 +26,31 @@ class TestJourneyEngine(DripCase):
 
     @classmethod
     def make_step(cls, name, step_type, parent=None, journey=None, **values):
-        return cls.env["drip.step"].create(dict(
-            {"journey_id": (journey or cls.flow).id, "name": name, "step_type": step_type,
-             "parent_id": parent.id if parent else False}, **values))
+        return cls.env["drip.step"].create(
+            dict(
+                {
+                    "journey_id": (journey or cls.flow).id,
+                    "name": name,
+                    "step_type": step_type,
+                    "parent_id": parent.id if parent else False,
+                },
+                **values,
+            )
+        )
 
     def start(self, journey=None):
         journey = journey or self.flow
         if not journey.step_ids.filtered(lambda s: s.step_type == "send"):
             # A journey only starts with a sending step; park one on an unused branch.
-            self.make_step("Parked send", "send", parent=journey.step_ids[:1], journey=journey,
-                           step_trigger="ordered", template_id=self.template.id,
-                           channel="email")
+            self.make_step(
+                "Parked send",
+                "send",
+                parent=journey.step_ids[:1],
+                journey=journey,
+                step_trigger="ordered",
+                template_id=self.template.id,
+                channel="email",
+            )
         journey.action_start()
 
     def messages(self, journey=None):
@@ -84,7 +97,8 @@ class TestJourneyEngine(DripCase):
         self.flow.holdout_percent = 30
         self.start()
         crowd = self.env["res.partner"].create(
-            [{"name": f"P{i}", "email": f"p{i}@example.com"} for i in range(400)])
+            [{"name": f"P{i}", "email": f"p{i}@example.com"} for i in range(400)]
+        )
         first = self.flow._enroll_partners(crowd)
         held = first.filtered("is_holdout").partner_id
         self.assertTrue(60 < len(held) < 180, f"{len(held)} of 400 in a 30% holdout")
@@ -94,10 +108,19 @@ class TestJourneyEngine(DripCase):
         self.assertEqual(second.filtered("is_holdout").partner_id, held)
 
     def test_wait_then_condition_branches(self):
-        condition = self.make_step("Has an email at example.com", "condition", parent=self.wait,
-                                   condition_domain="[('email', 'like', '@example.com')]")
-        yes = self.make_step("Tag yes", "tag_add", parent=condition, step_trigger="yes",
-                             tag_id=self.env["res.partner.category"].create({"name": "Y"}).id)
+        condition = self.make_step(
+            "Has an email at example.com",
+            "condition",
+            parent=self.wait,
+            condition_domain="[('email', 'like', '@example.com')]",
+        )
+        yes = self.make_step(
+            "Tag yes",
+            "tag_add",
+            parent=condition,
+            step_trigger="yes",
+            tag_id=self.env["res.partner.category"].create({"name": "Y"}).id,
+        )
         no = self.make_step("Exit no", "exit", parent=condition, step_trigger="no")
         self.start()
         self.partners[0].email = "c0@elsewhere.org"
@@ -106,7 +129,8 @@ class TestJourneyEngine(DripCase):
         rows = self.messages()
         self.assertEqual(
             sorted(rows.filtered(lambda m: m.step_id == condition).mapped("condition_result")),
-            ["no", "yes"])
+            ["no", "yes"],
+        )
         self.run_due(NOW + timedelta(days=1, minutes=1))
         tagged_row = rows.search([("step_id", "=", yes.id)])
         self.assertEqual(tagged_row.partner_id, self.partners[1])
@@ -119,10 +143,12 @@ class TestJourneyEngine(DripCase):
         split = self.make_step("Split", "split", parent=self.wait)
         tag_a = self.env["res.partner.category"].create({"name": "A"})
         tag_b = self.env["res.partner.category"].create({"name": "B"})
-        self.make_step("A", "tag_add", parent=split, step_trigger="branch", split_weight=50,
-                       tag_id=tag_a.id)
-        self.make_step("B", "tag_add", parent=split, step_trigger="branch", split_weight=50,
-                       tag_id=tag_b.id)
+        self.make_step(
+            "A", "tag_add", parent=split, step_trigger="branch", split_weight=50, tag_id=tag_a.id
+        )
+        self.make_step(
+            "B", "tag_add", parent=split, step_trigger="branch", split_weight=50, tag_id=tag_b.id
+        )
         self.start()
         crowd = self.env["res.partner"].create([{"name": f"S{i}"} for i in range(60)])
         self.flow._enroll_partners(crowd)
@@ -135,22 +161,26 @@ class TestJourneyEngine(DripCase):
         self.assertTrue(15 < len(in_a) < 45)
         # Replaying the draw gives the same branch for every partner.
         from ..engine import journey as journey_engine
+
         branches = split.child_ids.sorted(lambda s: (s.sequence, s.id))
         for partner in crowd[:10]:
-            picked = journey_engine.pick_branch(self.flow._journey_key(), split._spec(),
-                                                [b._spec() for b in branches], partner.id)
+            picked = journey_engine.pick_branch(
+                self.flow._journey_key(), split._spec(), [b._spec() for b in branches], partner.id
+            )
             self.assertEqual(tag_a in partner.category_id, picked.name == "A")
 
     def test_activity_for_the_salesperson(self):
-        activity = self.make_step("Call", "activity", parent=self.wait,
-                                  activity_summary="Call about the cart")
+        activity = self.make_step(
+            "Call", "activity", parent=self.wait, activity_summary="Call about the cart"
+        )
         self.start()
         self.partners[0].user_id = self.rep
         self.flow._enroll_partners(self.partners[:1])
         self.run_due(NOW + timedelta(days=1))
         self.run_due(NOW + timedelta(days=1))
         created = self.env["mail.activity"].search(
-            [("res_model", "=", "res.partner"), ("res_id", "=", self.partners[0].id)])
+            [("res_model", "=", "res.partner"), ("res_id", "=", self.partners[0].id)]
+        )
         self.assertEqual(created.user_id, self.rep)
         self.assertEqual(created.summary, "Call about the cart")
         self.assertEqual(self.messages().filtered(lambda m: m.step_id == activity).state, "sent")
@@ -159,11 +189,21 @@ class TestJourneyEngine(DripCase):
         self.flow.write({"goal_type": "order"})
         self.start()
         enrollment = self.flow._enroll_partners(self.partners[:1])
-        order = self.env["sale.order"].create({
-            "partner_id": self.partners[0].id,
-            "order_line": [(0, 0, {"product_id": self.env.ref("product.product_product_4").id,
-                                   "product_uom_qty": 1})],
-        })
+        order = self.env["sale.order"].create(
+            {
+                "partner_id": self.partners[0].id,
+                "order_line": [
+                    (
+                        0,
+                        0,
+                        {
+                            "product_id": self.env.ref("product.product_product_4").id,
+                            "product_uom_qty": 1,
+                        },
+                    )
+                ],
+            }
+        )
         with freeze_time(NOW + timedelta(hours=2)):
             order.action_confirm()
         self.run_due(NOW + timedelta(days=1))
@@ -180,8 +220,10 @@ class TestJourneyEngine(DripCase):
         self.assertEqual(set(self.messages().mapped("state")), {"scheduled"})
         self.flow.action_resume()
         self.run_due(NOW + timedelta(days=2))
-        self.assertEqual(set(self.messages().filtered(
-            lambda m: m.step_id == self.wait).mapped("state")), {"sent"})
+        self.assertEqual(
+            set(self.messages().filtered(lambda m: m.step_id == self.wait).mapped("state")),
+            {"sent"},
+        )
 
     def test_paused_participant_is_skipped_by_the_cron(self):
         self.start()
@@ -191,13 +233,26 @@ class TestJourneyEngine(DripCase):
         self.assertEqual(self.messages().state, "scheduled")
 
     def test_engagement_outcomes_start_their_steps(self):
-        template_step = self.make_step("Mail", "send", parent=None, template_id=self.template.id,
-                                       channel="email")
-        after_open = self.make_step("Thanks for opening", "tag_add", parent=template_step,
-                                    step_trigger="opened", delay_value=2, delay_unit="hours",
-                                    tag_id=self.env["res.partner.category"].create({"name": "O"}).id)
-        not_clicked = self.make_step("Nudge", "wait", parent=template_step,
-                                     step_trigger="not_clicked", delay_value=1, delay_unit="days")
+        template_step = self.make_step(
+            "Mail", "send", parent=None, template_id=self.template.id, channel="email"
+        )
+        after_open = self.make_step(
+            "Thanks for opening",
+            "tag_add",
+            parent=template_step,
+            step_trigger="opened",
+            delay_value=2,
+            delay_unit="hours",
+            tag_id=self.env["res.partner.category"].create({"name": "O"}).id,
+        )
+        not_clicked = self.make_step(
+            "Nudge",
+            "wait",
+            parent=template_step,
+            step_trigger="not_clicked",
+            delay_value=1,
+            delay_unit="days",
+        )
         self.start()
         enrollment = self.flow._enroll_partners(self.partners[:1])
         mail_row = self.messages().filtered(lambda m: m.step_id == template_step)
@@ -228,8 +283,9 @@ class TestJourneyEngine(DripCase):
         self.assertIn("removed from the journey", rows[0].reason)
 
     def test_changed_delay_applies_to_rows_not_yet_scheduled(self):
-        follow = self.make_step("Follow", "wait", parent=self.wait, delay_value=1,
-                                delay_unit="hours")
+        follow = self.make_step(
+            "Follow", "wait", parent=self.wait, delay_value=1, delay_unit="hours"
+        )
         self.start()
         self.flow._enroll_partners(self.partners[:1])
         first = self.messages()
@@ -237,8 +293,10 @@ class TestJourneyEngine(DripCase):
         self.assertEqual(first.scheduled_at, NOW + timedelta(days=1), "already scheduled row kept")
         follow.delay_value = 3
         self.run_due(NOW + timedelta(days=1))
-        self.assertEqual(self.messages().filtered(lambda m: m.step_id == follow).scheduled_at,
-                         NOW + timedelta(days=1, hours=3))
+        self.assertEqual(
+            self.messages().filtered(lambda m: m.step_id == follow).scheduled_at,
+            NOW + timedelta(days=1, hours=3),
+        )
 
     def test_participant_completes_when_nothing_is_left(self):
         self.start()
@@ -249,8 +307,14 @@ class TestJourneyEngine(DripCase):
 
     def test_quiet_hours_push_customer_facing_steps(self):
         self.company.write({"drip_quiet_hours_start": 21, "drip_quiet_hours_end": 8})
-        mail = self.make_step("Evening mail", "send", template_id=self.template.id,
-                              channel="email", delay_value=10, delay_unit="hours")
+        mail = self.make_step(
+            "Evening mail",
+            "send",
+            template_id=self.template.id,
+            channel="email",
+            delay_value=10,
+            delay_unit="hours",
+        )
         self.start()
         shanghai = self.env["res.partner"].create({"name": "Wang", "tz": "Asia/Shanghai"})
         self.flow._enroll_partners(shanghai)
@@ -258,7 +322,9 @@ class TestJourneyEngine(DripCase):
         # 12:00 UTC + 10 h = 22:00 UTC = 06:00 in Shanghai: quiet until 08:00 local.
         self.assertEqual(row.scheduled_at, datetime(2026, 3, 11, 0, 0, 0))
         wait_row = self.messages().filtered(lambda m: m.step_id == self.wait)
-        self.assertEqual(wait_row.scheduled_at, NOW + timedelta(days=1), "internal steps ignore quiet hours")
+        self.assertEqual(
+            wait_row.scheduled_at, NOW + timedelta(days=1), "internal steps ignore quiet hours"
+        )
 
     def test_large_enrollment_is_set_based(self):
         self.start()
@@ -274,25 +340,39 @@ class TestTriggers(DripCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.company.write({"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 0,
-                           "drip_cart_abandon_delay": 1.0})
+        cls.company.write(
+            {"drip_quiet_hours_start": 0, "drip_quiet_hours_end": 0, "drip_cart_abandon_delay": 1.0}
+        )
         cls.product = cls.env.ref("product.product_product_4")
 
     def journey_on(self, trigger, **values):
-        journey = self.env["drip.journey"].create(dict({"name": trigger, "trigger": trigger},
-                                                       **values))
-        self.env["drip.step"].create({"journey_id": journey.id, "name": "Mail",
-                                      "step_type": "send", "template_id": self.template.id,
-                                      "channel": "email", "delay_value": 1})
+        journey = self.env["drip.journey"].create(
+            dict({"name": trigger, "trigger": trigger}, **values)
+        )
+        self.env["drip.step"].create(
+            {
+                "journey_id": journey.id,
+                "name": "Mail",
+                "step_type": "send",
+                "template_id": self.template.id,
+                "channel": "email",
+                "delay_value": 1,
+            }
+        )
         journey.action_start()
         return journey
 
     def cart(self, partner, **values):
-        return self.env["sale.order"].create(dict({
-            "partner_id": partner.id,
-            "drip_is_cart": True,
-            "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 2})],
-        }, **values))
+        return self.env["sale.order"].create(
+            dict(
+                {
+                    "partner_id": partner.id,
+                    "drip_is_cart": True,
+                    "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 2})],
+                },
+                **values,
+            )
+        )
 
     def test_partner_created(self):
         journey = self.journey_on("partner_created")
@@ -301,8 +381,9 @@ class TestTriggers(DripCase):
         # move the newcomer to a known instant after the watermark.
         created = datetime(2030, 1, 1, 10, 0)
         self.env.flush_all()
-        self.env.cr.execute("UPDATE res_partner SET create_date = %s WHERE id = %s",
-                            [created, newcomer.id])
+        self.env.cr.execute(
+            "UPDATE res_partner SET create_date = %s WHERE id = %s", [created, newcomer.id]
+        )
         journey.scan_watermark = created - timedelta(minutes=1)
         scan_at = created + timedelta(minutes=1)
         entered = journey._scan_triggers(now=scan_at)
@@ -344,8 +425,9 @@ class TestTriggers(DripCase):
         with freeze_time(NOW - timedelta(hours=5)):
             old_cart = self.cart(self.customer)
         with freeze_time(NOW):
-            journey = self.journey_on("cart_abandoned", reentry_policy="per_source",
-                                      cart_lookback_hours=6)
+            journey = self.journey_on(
+                "cart_abandoned", reentry_policy="per_source", cart_lookback_hours=6
+            )
         self.env["sale.order"]._drip_mark_abandoned_carts(now=NOW + timedelta(minutes=1))
         entered = journey._scan_triggers(now=NOW + timedelta(minutes=1))
         self.assertEqual(entered.order_id, old_cart)
@@ -367,10 +449,15 @@ class TestTriggers(DripCase):
         with freeze_time(NOW):
             journey = self.journey_on("browse_abandoned", trigger_hours=4)
         viewed = self.env.ref("drip_marketing.event_type_product_viewed")
-        self.env["drip.event"].create({"name": "Product Viewed", "event_type_id": viewed.id,
-                                       "partner_id": self.customer.id,
-                                       "product_id": self.product.id,
-                                       "occurred_at": NOW + timedelta(minutes=5)})
+        self.env["drip.event"].create(
+            {
+                "name": "Product Viewed",
+                "event_type_id": viewed.id,
+                "partner_id": self.customer.id,
+                "product_id": self.product.id,
+                "occurred_at": NOW + timedelta(minutes=5),
+            }
+        )
         self.assertFalse(journey._scan_triggers(now=NOW + timedelta(hours=2)))
         entered = journey._scan_triggers(now=NOW + timedelta(hours=5))
         self.assertEqual(entered.partner_id, self.customer)
@@ -396,10 +483,12 @@ class TestTriggers(DripCase):
     def test_api_event_type(self):
         custom = self.env["drip.event.type"].create({"name": "Quiz done", "code": "quiz_done"})
         with freeze_time(NOW):
-            journey = self.journey_on("event", trigger_event_type_id=custom.id,
-                                      reentry_policy="per_source")
-        self.env["drip.event"].create({"name": "quiz_done", "event_type_id": custom.id,
-                                       "partner_id": self.customer.id})
+            journey = self.journey_on(
+                "event", trigger_event_type_id=custom.id, reentry_policy="per_source"
+            )
+        self.env["drip.event"].create(
+            {"name": "quiz_done", "event_type_id": custom.id, "partner_id": self.customer.id}
+        )
         self.env["drip.event"].create({"name": "other", "partner_id": self.customer.id})
         entered = journey._scan_triggers(now=NOW + timedelta(minutes=1))
         self.assertEqual(entered.partner_id, self.customer)
@@ -407,7 +496,8 @@ class TestTriggers(DripCase):
 
     def test_segment_entered(self):
         segment = self.env["drip.segment"].create(
-            {"name": "Example folks", "domain": "[('email', 'like', '@example.org')]"})
+            {"name": "Example folks", "domain": "[('email', 'like', '@example.org')]"}
+        )
         segment._refresh_members()  # first refresh: baseline, no events
         with freeze_time(NOW):
             journey = self.journey_on("segment_entered", trigger_segment_id=segment.id)
@@ -422,12 +512,24 @@ class TestTriggers(DripCase):
             journey = self.journey_on("rfm_segment_changed", trigger_rfm_segment="at_risk")
         changed = self.env.ref("drip_marketing.event_type_rfm_segment_changed")
         other = self.env["res.partner"].create({"name": "Other"})
-        self.env["drip.event"].create([
-            {"name": "RFM", "event_type_id": changed.id, "partner_id": self.customer.id,
-             "call_type": "internal", "payload": {"old": "loyal", "new": "at_risk"}},
-            {"name": "RFM", "event_type_id": changed.id, "partner_id": other.id,
-             "call_type": "internal", "payload": {"old": "new", "new": "promising"}},
-        ])
+        self.env["drip.event"].create(
+            [
+                {
+                    "name": "RFM",
+                    "event_type_id": changed.id,
+                    "partner_id": self.customer.id,
+                    "call_type": "internal",
+                    "payload": {"old": "loyal", "new": "at_risk"},
+                },
+                {
+                    "name": "RFM",
+                    "event_type_id": changed.id,
+                    "partner_id": other.id,
+                    "call_type": "internal",
+                    "payload": {"old": "new", "new": "promising"},
+                },
+            ]
+        )
         entered = journey._scan_triggers(now=NOW + timedelta(minutes=1))
         self.assertEqual(entered.partner_id, self.customer)
 
@@ -446,11 +548,14 @@ class TestTriggers(DripCase):
 
     def confirmed_at(self, partner, when, product=None):
         with freeze_time(when):
-            order = self.env["sale.order"].create({
-                "partner_id": partner.id,
-                "order_line": [(0, 0, {"product_id": (product or self.product).id,
-                                       "product_uom_qty": 1})],
-            })
+            order = self.env["sale.order"].create(
+                {
+                    "partner_id": partner.id,
+                    "order_line": [
+                        (0, 0, {"product_id": (product or self.product).id, "product_uom_qty": 1})
+                    ],
+                }
+            )
             order.action_confirm()
         return order
 
@@ -476,8 +581,10 @@ class TestTriggers(DripCase):
         last = start + timedelta(days=80)  # NOW - 120 days
         with freeze_time(last + timedelta(days=29)):
             journey = self.journey_on("inactivity", trigger_days=30, reentry_policy="per_source")
-        self.assertFalse(journey._scan_triggers(now=last + timedelta(days=31)),
-                         "30 days is normal for this customer")
+        self.assertFalse(
+            journey._scan_triggers(now=last + timedelta(days=31)),
+            "30 days is normal for this customer",
+        )
         entered = journey._scan_triggers(now=last + timedelta(days=81))
         self.assertEqual(entered.partner_id, self.customer)
 
@@ -485,10 +592,12 @@ class TestTriggers(DripCase):
         with freeze_time(NOW):
             journey = self.journey_on("cart_abandoned", reentry_policy="per_source")
         with freeze_time(NOW + timedelta(minutes=1)):
-            quotation = self.env["sale.order"].create({
-                "partner_id": self.customer.id,
-                "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 1})],
-            })
+            quotation = self.env["sale.order"].create(
+                {
+                    "partner_id": self.customer.id,
+                    "order_line": [(0, 0, {"product_id": self.product.id, "product_uom_qty": 1})],
+                }
+            )
         self.assertFalse(quotation.drip_is_cart)
         at = NOW + timedelta(hours=3)
         self.env["sale.order"]._drip_mark_abandoned_carts(now=at)
@@ -496,9 +605,18 @@ class TestTriggers(DripCase):
         self.assertFalse(journey._scan_triggers(now=at))
 
     def test_portal_customer_order_is_a_cart(self):
-        portal = self.env["res.users"].create({
-            "name": "Shopper", "login": "shopper", "email": "shopper@example.com",
-            "groups_id": [(6, 0, [self.env.ref("base.group_portal").id])]})
-        order = self.env["sale.order"].with_user(portal).sudo().create(
-            {"partner_id": portal.partner_id.id})
+        portal = self.env["res.users"].create(
+            {
+                "name": "Shopper",
+                "login": "shopper",
+                "email": "shopper@example.com",
+                "groups_id": [(6, 0, [self.env.ref("base.group_portal").id])],
+            }
+        )
+        order = (
+            self.env["sale.order"]
+            .with_user(portal)
+            .sudo()
+            .create({"partner_id": portal.partner_id.id})
+        )
         self.assertTrue(order.drip_is_cart)

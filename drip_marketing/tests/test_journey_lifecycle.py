@@ -8,7 +8,9 @@ from .common import DripCase
 class TestJourneyLifecycle(DripCase):
     def test_no_start_without_a_sending_step(self):
         journey = self.env["drip.journey"].create({"name": "Empty", "trigger": "partner_created"})
-        self.env["drip.step"].create({"journey_id": journey.id, "name": "Wait", "step_type": "wait"})
+        self.env["drip.step"].create(
+            {"journey_id": journey.id, "name": "Wait", "step_type": "wait"}
+        )
         with self.assertRaisesRegex(UserError, "no step that sends a message"):
             journey.action_start()
         self.assertEqual(journey.state, "draft")
@@ -32,13 +34,20 @@ class TestJourneyLifecycle(DripCase):
         self.journey.action_start()
         enrollment = self.enroll()
         pending = self.env["drip.message"].create(
-            {"enrollment_id": enrollment.id, "step_id": self.step_first.id,
-             "scheduled_at": "2030-01-01 10:00:00"}
+            {
+                "enrollment_id": enrollment.id,
+                "step_id": self.step_first.id,
+                "scheduled_at": "2030-01-01 10:00:00",
+            }
         )
         sent = self.env["drip.message"].create(
-            {"enrollment_id": enrollment.id, "step_id": self.step_second.id,
-             "scheduled_at": "2026-01-01 10:00:00", "state": "sent",
-             "sent_at": "2026-01-01 10:00:01"}
+            {
+                "enrollment_id": enrollment.id,
+                "step_id": self.step_second.id,
+                "scheduled_at": "2026-01-01 10:00:00",
+                "state": "sent",
+                "sent_at": "2026-01-01 10:00:01",
+            }
         )
         self.journey.action_stop()
         self.assertEqual(enrollment.state, "exited")
@@ -58,19 +67,34 @@ class TestJourneyLifecycle(DripCase):
         enrollment = self.enroll()
         self.env["drip.message"].create(
             [
-                {"enrollment_id": enrollment.id, "step_id": self.step_first.id,
-                 "scheduled_at": "2026-01-01 10:00:00", "state": "sent",
-                 "sent_at": "2026-01-01 10:00:01", "opened_at": "2026-01-01 11:00:00",
-                 "clicked_at": "2026-01-01 11:01:00", "converted_at": "2026-01-02 09:00:00",
-                 "revenue": 120.0},
-                {"enrollment_id": enrollment.id, "step_id": self.step_second.id,
-                 "scheduled_at": "2026-01-02 10:00:00"},
+                {
+                    "enrollment_id": enrollment.id,
+                    "step_id": self.step_first.id,
+                    "scheduled_at": "2026-01-01 10:00:00",
+                    "state": "sent",
+                    "sent_at": "2026-01-01 10:00:01",
+                    "opened_at": "2026-01-01 11:00:00",
+                    "clicked_at": "2026-01-01 11:01:00",
+                    "converted_at": "2026-01-02 09:00:00",
+                    "revenue": 120.0,
+                },
+                {
+                    "enrollment_id": enrollment.id,
+                    "step_id": self.step_second.id,
+                    "scheduled_at": "2026-01-02 10:00:00",
+                },
             ]
         )
         journey = self.journey
         self.assertEqual(
-            (journey.enrollment_count, journey.message_ids_count, journey.sent_count,
-             journey.opened_count, journey.clicked_count, journey.converted_count),
+            (
+                journey.enrollment_count,
+                journey.message_ids_count,
+                journey.sent_count,
+                journey.opened_count,
+                journey.clicked_count,
+                journey.converted_count,
+            ),
             (1, 2, 1, 1, 1, 1),
         )
         self.assertEqual(journey.revenue, 120.0)
@@ -81,8 +105,13 @@ class TestJourneyLifecycle(DripCase):
     def test_retry_only_failed_messages(self):
         enrollment = self.enroll()
         message = self.env["drip.message"].create(
-            {"enrollment_id": enrollment.id, "step_id": self.step_first.id,
-             "scheduled_at": "2026-01-01 10:00:00", "state": "failed", "error": "SMTP 451"}
+            {
+                "enrollment_id": enrollment.id,
+                "step_id": self.step_first.id,
+                "scheduled_at": "2026-01-01 10:00:00",
+                "state": "failed",
+                "error": "SMTP 451",
+            }
         )
         message.action_retry()
         self.assertEqual(message.state, "scheduled")

@@ -79,7 +79,9 @@ def test_cart_template_renders_many_times_from_cache():
 
 
 def test_chinese_text_and_money_in_zh_cn():
-    source = "亲爱的{{ partner.name }}，您的购物车合计 {{ cart.amount_total | money(cart.currency) }}。"
+    source = (
+        "亲爱的{{ partner.name }}，您的购物车合计 {{ cart.amount_total | money(cart.currency) }}。"
+    )
     context = make_context(name="张 伟")
     out = render(source, context, html=True, lang="zh_CN")
     assert out == "亲爱的张 伟，您的购物车合计 ¥1,234.50。"
