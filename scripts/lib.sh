@@ -133,6 +133,19 @@ db_drop() {
     rm -rf "$DRIP_CACHE/data/filestore/$db"
 }
 
+# A fresh log folder per run: $DRIP_INSTANCE_DIR/logs/<kind>/<time>-<pid>, plus a `latest`
+# link. Per run, because two runs in one checkout (a developer and an agent, say) must not
+# delete each other's logs; only the 5 newest folders of a kind are kept.
+new_logdir() {
+    local base=$DRIP_INSTANCE_DIR/logs/$1 dir
+    dir=$base/$(date +%Y%m%d-%H%M%S)-$$
+    mkdir -p "$dir"
+    ln -sfn "$dir" "$base/latest"
+    # shellcheck disable=SC2012
+    ls -1d "$base"/20* 2>/dev/null | sort | head -n -5 | xargs -r rm -rf
+    printf '%s\n' "$dir"
+}
+
 # Run odoo-bin with its log in a file; fail when it exits non-zero OR logs an ERROR/CRITICAL
 # line (Odoo logs many data-loading problems without a non-zero exit status).
 #   odoo_logged <label> <logfile> <odoo-bin args...>

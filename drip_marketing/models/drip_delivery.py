@@ -944,7 +944,7 @@ class DripDelivery(models.AbstractModel):
                     ],
                 }
             contexts[key] = context
-        return contexts
+        return self.env["drip.offer"]._add_offers(items, contexts)
 
     @api.model
     def _unsubscribe_url(self, partner, base_url, message=None):

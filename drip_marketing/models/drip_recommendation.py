@@ -18,8 +18,9 @@ pair counts and per-product counts are *added* (``INSERT … ON CONFLICT DO UPDA
 customer and repeat counts are derived from the counted history of the batch's customers
 only, and the lift of every pair with a product of the batch is recomputed from the stored
 counts — never a rescan of all orders. ``_rebuild`` clears and recounts everything
-through the same code path; a weekly cron runs it to forget cancelled orders and
-backdated imports (the incremental pass only adds) and to make every lift exact.
+through the same code path; a weekly cron does the same in bounded batches, to forget
+cancelled orders and backdated imports (the incremental pass only adds) and to make every
+lift exact.
 
 **Reading** (``_recommend``): ONE SQL statement for a whole batch of customers, over
 indexes only (orders by customer, the pair table by (company, product a, lift), the
@@ -65,6 +66,7 @@ BATCH_ORDERS = 20000
 WATERMARK_OVERLAP = timedelta(hours=1)
 WATERMARK_KEY = "drip_marketing.affinity_watermark"
 LIFT_TOTAL_KEY = "drip_marketing.affinity_lift_total.%s"
+REBUILD_KEY = "drip_marketing.affinity_rebuild_started"
 # Lifts of the pairs a batch did not touch are rewritten only when they moved by more
 # than this (relative): the order total grows a little with every batch.
 LIFT_TOLERANCE = 0.01
@@ -442,11 +444,8 @@ class DripProductAffinity(models.Model):
         return counted, remaining
 
     @api.model
-    def _rebuild(self):
-        """Recount everything from the confirmed orders (forgets cancelled ones)."""
-        if not self._lock():
-            _logger.info("drip: product statistics are being updated by another worker")
-            return 0
+    def _clear(self):
+        """Forget every count: the next pass recounts the whole history."""
         self.env.cr.execute(
             """
             DELETE FROM drip_product_affinity;
@@ -457,6 +456,17 @@ class DripProductAffinity(models.Model):
         params = self.env["ir.config_parameter"].sudo()
         params.set_param(WATERMARK_KEY, False)
         params.search([("key", "=like", LIFT_TOTAL_KEY % "%")]).unlink()
+        self.invalidate_model()
+        self.env["drip.product.stat"].invalidate_model()
+
+    @api.model
+    def _rebuild(self):
+        """Recount everything from the confirmed orders in this transaction (forgets
+        cancelled ones); the weekly cron does the same in bounded batches."""
+        if not self._lock():
+            _logger.info("drip: product statistics are being updated by another worker")
+            return 0
+        self._clear()
         # Advisory locks are re-entrant within a session: the count below takes it again.
         counted, _remaining = self._update_from_orders(limit=None)
         return counted
@@ -468,8 +478,19 @@ class DripProductAffinity(models.Model):
 
     @api.model
     def _cron_rebuild(self):
-        counted = self._rebuild()
-        self.env["ir.cron"]._notify_progress(done=counted, remaining=0)
+        """The weekly recount, in bounded batches that commit (the cron re-runs while
+        orders remain, within the cron time limit of a large store): the first call
+        clears, the next ones count from the oldest order on, like a first run."""
+        params = self.env["ir.config_parameter"].sudo()
+        if not params.get_param(REBUILD_KEY):
+            if not self._lock():
+                return
+            self._clear()
+            params.set_param(REBUILD_KEY, fields.Datetime.to_string(fields.Datetime.now()))
+        counted, remaining = self._update_from_orders()
+        if not remaining:
+            params.set_param(REBUILD_KEY, False)
+        self.env["ir.cron"]._notify_progress(done=counted, remaining=remaining)
 
     # ------------------------------------------------------------------- reading
     @api.model

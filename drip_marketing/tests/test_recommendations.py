@@ -142,6 +142,19 @@ class TestRecommendations(RecommendationCase):
         self.assertGreater(rounds, 2)
         self.assertEqual(self._snapshot(), full, "batches add up to the full count")
 
+    def test_weekly_recount_forgets_cancelled_orders(self):
+        full = self._snapshot()
+        self.orders[0].write({"state": "cancel"})  # espresso + grinder of customer 1
+        self.Affinity._cron_rebuild()
+        params = self.env["ir.config_parameter"].sudo()
+        self.assertFalse(params.get_param("drip_marketing.affinity_rebuild_started"),
+                         "done in one call: fewer orders than a batch")
+        pairs, stats = self._snapshot()
+        self.assertNotEqual((pairs, stats), full)
+        grinder = next(row for row in stats if row[0] == self.grinder.id)
+        self.assertEqual(grinder[1:], (1, 1, 0))
+        self.assertEqual(self.Affinity._update_from_orders(), (0, 0))
+
     def _snapshot(self):
         self.env.cr.execute(
             "SELECT product_a_id, product_b_id, support, round(lift::numeric, 6) "

@@ -244,6 +244,7 @@ class DripJourneyBacktest(models.TransientModel):
         vals.update(
             name=_("Backtest of %s", journey.name), active=False, state="running",
             activated_at=start, scan_watermark=start, event_watermark=last_event,
+            event_floor=last_event,
             holdout_percent=0.0, goal_type="none",
         )
         return self.env["drip.journey"].sudo().with_context(

@@ -111,5 +111,7 @@ class TestDripDashboard(TransactionCase):
 @tagged("post_install", "-at_install")
 class TestDripDashboardTour(HttpCase):
     def test_dashboard_opens_in_the_dashboards_app(self):
-        self.start_tour("/odoo/action-spreadsheet_dashboard.ir_actions_dashboard_action",
-                        "drip_marketing_dashboard_tour", login="admin")
+        dashboard = self.env.ref("drip_marketing_dashboard.spreadsheet_dashboard_drip_marketing")
+        self.start_tour(
+            "/odoo/action-spreadsheet_dashboard.ir_actions_dashboard_action"
+            f"?dashboard_id={dashboard.id}", "drip_marketing_dashboard_tour", login="admin")
