@@ -194,6 +194,17 @@ def rss_mib(pid):
         return []
 
 
+def cpu_seconds(pid):
+    """User + system CPU of the worker processes (load-independent cost)."""
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        return sum(sum(p.cpu_times()[:2]) for p in [process, *process.children(True)])
+    except Exception:  # noqa: BLE001
+        return 0.0
+
+
 def run_drip(db, redis, sink, count, workers, tag):
     from rq import Worker
 
@@ -209,19 +220,24 @@ def run_drip(db, redis, sink, count, workers, tag):
     try:
         wait_until(lambda: len(Worker.all(connection=client)) >= workers, 180, 0.2,
                    "the workers to start")
+        cpu_before = cpu_seconds(process.pid)
         started = time.perf_counter()
         stage_seconds, stage_queries, stage_redis = stage_all(db, client)
         first = []
+        rss_warm = []
 
         def done():
             received = sink.count() - before_sink
             if received and not first:
                 first.append(time.perf_counter())
+            if received >= count // 10 and not rss_warm:
+                rss_warm.append(rss_mib(process.pid))
             return received >= count
 
         wait_until(done, 1800, 0.05, "the sink to receive every message")
         finished = time.perf_counter()
         rss = rss_mib(process.pid)
+        cpu = cpu_seconds(process.pid) - cpu_before
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -256,7 +272,9 @@ def run_drip(db, redis, sink, count, workers, tag):
         "staging_redis_commands_per_1000": round(stage_redis * 1000 / count, 1),
         "jobs": jobs,
         "sql_per_1000_delivered": round(queries * 1000 / count, 1),
+        "worker_cpu_ms_per_message": round(cpu * 1000 / count, 2),
         "worker_rss_mib": rss,
+        "worker_rss_mib_at_10_percent": rss_warm[0] if rss_warm else [],
     }
 
 
@@ -279,7 +297,8 @@ def run_baseline(db, sink, count, tag):
     total = timings["render_seconds"] + timings["send_seconds"]
     return dict(timings, messages=count, seconds=round(total, 2),
                 messages_per_s=round(count / total, 1),
-                sql_per_1000_delivered=round(timings["queries"] * 1000 / count, 1))
+                sql_per_1000_delivered=round(timings["queries"] * 1000 / count, 1),
+                cpu_ms_per_message=round(timings["cpu_seconds"] * 1000 / count, 2))
 
 
 def baseline_child(dbname, conf, order_ids):
@@ -304,6 +323,7 @@ def baseline_child(dbname, conf, order_ids):
         })
         cr.commit()
         start = time.perf_counter()
+        cpu = time.process_time()
         queries = cr.sql_log_count
         template.send_mail_batch(ids)
         cr.commit()
@@ -313,7 +333,8 @@ def baseline_child(dbname, conf, order_ids):
         sent = time.perf_counter()
         print(json.dumps({"render_seconds": round(rendered - start, 2),
                           "send_seconds": round(sent - rendered, 2),
-                          "queries": cr.sql_log_count - queries}))
+                          "queries": cr.sql_log_count - queries,
+                          "cpu_seconds": round(time.process_time() - cpu, 2)}))
 
 
 # --------------------------------------------------------------------------- report
@@ -331,29 +352,30 @@ def write_report(results, args):
         "",
         "Machine: " + ", ".join(f"{k} {v}" for k, v in results["machine"].items()),
         "",
-        "| run | messages | seconds | messages/s | worker window msg/s | SQL / 1,000 "
-        "delivered | ratio vs Odoo's own path |",
-        "|---|---|---|---|---|---|---|",
+        "| run | messages | seconds | messages/s | worker window msg/s | worker CPU ms "
+        "/ message | SQL / 1,000 delivered | ratio vs Odoo's own path |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for run in results["runs"]:
         ratio = f"{run['messages_per_s'] / base['messages_per_s']:.1f}×" if base else "–"
         lines.append(
             f"| drip, {run['workers']} worker(s) | {run['messages']} | {run['seconds']} | "
             f"**{run['messages_per_s']}** | {run['worker_window_per_s']} | "
-            f"{run['sql_per_1000_delivered']} | {ratio} |")
+            f"{run['worker_cpu_ms_per_message']} | {run['sql_per_1000_delivered']} | {ratio} |")
     if base:
         lines.append(
             f"| Odoo `mail.template.send_mail_batch` + `process_email_queue` (baseline) | "
             f"{base['messages']} | {base['seconds']} | {base['messages_per_s']} | – | "
-            f"{base['sql_per_1000_delivered']} | 1.0× |")
+            f"{base['cpu_ms_per_message']} | {base['sql_per_1000_delivered']} | 1.0× |")
     lines += ["", "| staging (cron → queued + RQ jobs) | messages/s | SQL / 1,000 | Redis "
               "commands / 1,000 |", "|---|---|---|---|"]
     for run in results["runs"]:
         lines.append(f"| before the {run['workers']}-worker run | {run['staging_per_s']} | "
                      f"{run['staging_sql_per_1000']} | "
                      f"{run['staging_redis_commands_per_1000']} |")
-    lines += ["", "Worker RSS at the end (MiB): " + "; ".join(
-        f"{run['workers']} worker(s): {run['worker_rss_mib']}" for run in results["runs"]),
+    lines += ["", "Worker RSS (MiB) after 10 % of the messages → at the end: " + "; ".join(
+        f"{run['workers']} worker(s): {run['worker_rss_mib_at_10_percent']} → "
+        f"{run['worker_rss_mib']}" for run in results["runs"]),
         "", "States after each run: " + "; ".join(
         f"{run['workers']}: {run['states']}" for run in results["runs"]), ""]
     stem.with_suffix(".md").write_text("\n".join(lines))

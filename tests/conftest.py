@@ -36,9 +36,12 @@ def odoo_tree():
     if not root:
         return None
     release = Path(root, "odoo", "release.py")
-    if Path(root, "odoo-bin").is_file() and release.is_file():
-        if "version_info = (18, 0," in release.read_text():
-            return Path(root)
+    if (
+        Path(root, "odoo-bin").is_file()
+        and release.is_file()
+        and "version_info = (18, 0," in release.read_text()
+    ):
+        return Path(root)
     return None
 
 
@@ -75,7 +78,9 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=f"needs Odoo 18: {odoo_missing_reason()}"))
         elif not has_redis and item.get_closest_marker("redis"):
             item.add_marker(
-                pytest.mark.skip(reason="needs Redis: no redis-server and nothing at DRIP_REDIS_URL")
+                pytest.mark.skip(
+                    reason="needs Redis: no redis-server and nothing at DRIP_REDIS_URL"
+                )
             )
 
 

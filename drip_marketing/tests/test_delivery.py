@@ -263,6 +263,22 @@ class TestDelivery(DripCase):
             ("body", "ilike", "Call Zhang 0")])
         self.assertTrue(note)
 
+    def test_sms_without_the_sms_app_fails_readably(self):
+        if "sms.sms" in self.env:
+            self.skipTest("Odoo's SMS app is installed here")
+        sms_template = self.env["drip.template"].create({
+            "name": "SMS", "channel": "sms", "body_text": "Hi {{ partner.first_name }}"})
+        step = self.env["drip.step"].create({
+            "journey_id": self.journey.id, "name": "SMS step", "step_type": "send",
+            "channel": "sms", "template_id": sms_template.id,
+            "parent_id": self.step_first.id, "step_trigger": "clicked"})
+        self.customers[0].mobile = "+86 138 0013 8000"
+        message = self.due_messages(self.customers[:1], step=step)
+        message.channel = "sms"
+        self.deliver(message)
+        self.assertEqual(message.state, "failed")
+        self.assertIn("SMS app", message.error)
+
     # ------------------------------------------------------------------ reaper
     def test_reaper_resolves_each_kind_of_stuck_row(self):
         messages = self.due_messages()

@@ -48,7 +48,9 @@ def test_ci_run_calls_scripts_test():
     text = (REPO / ".ci" / "run").read_text()
     assert text.startswith("#!/usr/bin/env bash\n")
     assert "set -euo pipefail" in text
-    code = [line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    code = [
+        line for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")
+    ]
     assert any(re.search(r"(^|\s)(exec\s+)?scripts/test(\s|$)", line) for line in code), code
 
 

@@ -222,6 +222,10 @@ class Delivery:
         self.processes.append(process)
         return process
 
+    @staticmethod
+    def log_of(process):
+        return lambda: open(process.log_path).read()[-4000:]
+
     def enqueue_duplicate(self, ids, queue=None):
         """A second job for the same ids, as a retry, a reaper or a bug could make."""
         from rq import Queue

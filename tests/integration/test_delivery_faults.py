@@ -10,6 +10,11 @@ import pytest
 from services import wait_until
 
 
+def _past_lease(seconds):
+    """Leases are stored to the second (Odoo datetimes): wait a full second more."""
+    time.sleep(seconds + 1.2)
+
+
 def _kill(process):
     os.killpg(process.pid, signal.SIGKILL)
     process.wait(10)
@@ -65,7 +70,7 @@ def test_worker_killed_before_handing_off_loses_nothing(delivery):
     finally:
         hole.close()
     _point_mail_server(delivery, delivery.sink.port)
-    time.sleep(2.5)  # past the lease
+    _past_lease(2)
     delivery.reap()
     assert delivery.states(ids) == ["queued"] * 5
     delivery.work()
@@ -96,7 +101,7 @@ def test_worker_killed_mid_batch_no_double_no_silent_loss(delivery):
     assert [bool(r["sent_at"]) for r in rows] == [True, True, False, False, False, False]
     assert [bool(r["message_id_header"]) for r in rows] == [True, True, True] + [False] * 3
 
-    time.sleep(2.5)
+    _past_lease(2)
     delivery.reap()
     states = delivery.states(ids)
     assert states[:3] == ["sent", "sent", "failed"]
@@ -140,7 +145,7 @@ def test_redis_loses_queued_jobs_reaper_requeues(delivery):
     assert delivery.states(ids) == ["queued"] * 3
     delivery.redis.stop()
     delivery.redis.start()
-    time.sleep(1.5)
+    _past_lease(1)
     delivery.reap()
     assert delivery.redis.client().llen("rq:queue:drip_transactional") == 1
     delivery.work()
@@ -155,7 +160,7 @@ def test_reaper_leaves_live_jobs_alone(delivery):
     delivery.carts(2)
     ids = delivery.enroll_due()
     delivery.process_due()
-    time.sleep(1.5)
+    _past_lease(1)
     delivery.reap()
     assert delivery.redis.client().llen("rq:queue:drip_transactional") == 1
     assert delivery.states(ids) == ["queued"] * 2

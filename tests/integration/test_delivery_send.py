@@ -2,8 +2,6 @@
 
 from email.header import decode_header, make_header
 
-from services import wait_until
-
 
 def _header(message, name):
     return str(make_header(decode_header(message[name])))
@@ -81,8 +79,9 @@ def test_two_workers_racing_send_once(delivery):
             delivery.enqueue_duplicate(ids[start:start + 10])
     workers = [delivery.worker_process(), delivery.worker_process()]
     for process in workers:
-        assert process.wait(180) == 0, open(process.log_path).read()[-3000:]
-    assert delivery.states(ids) == ["sent"] * 40
+        assert process.wait(180) == 0, delivery.log_of(process)()
+    assert delivery.states(ids) == ["sent"] * 40, (
+        delivery.rows(ids), [delivery.log_of(p)() for p in workers])
     assert delivery.sink.count() == 40
     assert set(delivery.sink.by_message_id().values()) == {1}
     logs = [open(p.log_path).read() for p in workers]
@@ -126,6 +125,7 @@ def test_worker_cli_runs_jobs(delivery):
     ids = delivery.enroll_due()
     delivery.process_due()
     process = delivery.worker_process(workers=2)
-    assert process.wait(180) == 0, open(process.log_path).read()[-3000:]
-    wait_until(lambda: delivery.sink.count() == 2, 10)
-    assert delivery.states(ids) == ["sent"] * 2
+    log = delivery.log_of(process)
+    assert process.wait(180) == 0, log()
+    assert delivery.states(ids) == ["sent"] * 2, (delivery.rows(ids), log())
+    assert delivery.sink.count() == 2
