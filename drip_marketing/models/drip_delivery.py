@@ -883,6 +883,19 @@ class DripDelivery(models.AbstractModel):
         if orders:
             orders.fetch(["name", "amount_total", "currency_id", "company_id", "order_line",
                           "access_token"])
+            # Portal links need a token: create the missing ones in one statement rather
+            # than one write per order (``_portal_ensure_token``).
+            missing = orders.filtered(lambda o: not o.access_token)
+            if missing:
+                self.env.cr.execute(
+                    """
+                    UPDATE sale_order o SET access_token = v.token
+                      FROM unnest(%s::int[], %s::varchar[]) AS v(id, token)
+                     WHERE o.id = v.id AND o.access_token IS NULL
+                    """,
+                    [missing.ids, [str(uuid.uuid4()) for _o in missing]],
+                )
+                missing.invalidate_recordset(["access_token"])
             orders.order_line.fetch(["product_id", "name", "product_uom_qty", "price_unit",
                                      "price_subtotal", "display_type"])
         contexts = {}
@@ -928,7 +941,7 @@ class DripDelivery(models.AbstractModel):
                         "position": currency.position,
                         "decimals": currency.decimal_places,
                     },
-                    "url": f"{base_url}{order.get_portal_url()}",
+                    "url": f"{base_url}{order.access_url}?access_token={order.access_token}",
                     "lines": [
                         {
                             "product_name": line.product_id.display_name or line.name,
@@ -1413,17 +1426,18 @@ class DripDelivery(models.AbstractModel):
             self.env.company, self.env.company.email_formatted, {})["sender"]
         labels = {"email": _("Email"), "sms": _("SMS"), "webhook": _("Message"),
                   "note": _("Note")}
+        # Translated once per batch, not once per message.
+        sentence = _("%(kind)s sent by journey '%(journey)s', step '%(step)s': %(subject)s")
         vals_list = []
         for item in items:
             if item["channel"] == "note":
                 body = Markup(item.get("body_html") or "")
             else:
-                body = Markup("<p>%s</p>") % _(
-                    "%(kind)s sent by journey '%(journey)s', step '%(step)s': %(subject)s",
-                    kind=labels.get(item["channel"], item["channel"]),
-                    journey=item["journey"], step=item["step"],
-                    subject=item.get("subject") or "",
-                )
+                body = Markup("<p>%s</p>") % (sentence % {
+                    "kind": labels.get(item["channel"], item["channel"]),
+                    "journey": item["journey"], "step": item["step"],
+                    "subject": item.get("subject") or "",
+                })
             sender = item.get("sender") or default_sender
             vals = {
                 "model": "res.partner",
