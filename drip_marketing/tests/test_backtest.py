@@ -201,6 +201,9 @@ class TestBacktest(DripCase):
         self.assertFalse(self.env["drip.enrollment"].search_count([]))
         self.assertEqual(self.journey.state, "draft")
         self.assertGreater(wizard.sent_count, 0)
+        self.env.cr.execute("SELECT to_regclass('pg_temp.drip_enrollment'), "
+                            "to_regclass('pg_temp.sale_order')")
+        self.assertEqual(self.env.cr.fetchone(), (None, None), "private copies dropped")
 
 
 @tagged("post_install", "-at_install")

@@ -8,8 +8,9 @@ The replay reuses the live engine, piece by piece:
    statement (``_enroll``: entry filter, company, re-entry policy, unique key). Cart
    journeys also get the live cart scan (``sale.order._drip_mark_abandoned_carts``) at
    each tick, so the activation guard and the look-back behave as on the day the
-   journey is switched on. All of this happens inside a SAVEPOINT that is rolled back:
-   nothing written there survives (see :meth:`_replay_entries` for what it touches).
+   journey is switched on. All of this happens inside a SAVEPOINT that is rolled back,
+   on session-private temporary copies of the enrollment table and the carts: no live
+   row is written or locked, and nothing survives (see :meth:`_private_copies`).
 2. **What each entrant would get.** ``engine.journey.simulate`` walks the real step tree
    for every entrant, with an ``evaluate`` callback that applies, at each step's time,
    the checks delivery makes at send time: the exit goal (orders as they happened),
@@ -179,11 +180,14 @@ class DripJourneyBacktest(models.TransientModel):
     def _replay_entries(self, journey, start, ticks):
         """[(partner_id, order_id, entered_at)] as the live scan would have enrolled them.
 
-        Inside a rolled-back SAVEPOINT: a shadow journey (inactive, no steps) and its
-        enrollments are inserted; for cart journeys carts are stamped abandoned by the
-        live cart scan and carts confirmed after going idle are put back to draft (so
-        the trigger sees them as the live scan did then). Those rows stay locked until
-        the transaction ends; on a busy store run long backtests off-peak.
+        Inside a SAVEPOINT that is always rolled back: a shadow journey (inactive, no
+        steps, no holdout) is created, and :meth:`_private_copies` gives this session
+        its own temporary ``drip_enrollment`` (and, for carts, ``sale_order`` holding the
+        carts) that the live statements then read and write instead of the shared
+        tables. So the replay takes no lock on live rows and the rollback drops it all.
+        For cart journeys the live cart scan stamps carts at each tick, and carts
+        confirmed after going idle are put back to draft first (the trigger then sees
+        them as the live scan did at the time).
         """
         self.env.flush_all()
         cr = self.env.cr
@@ -192,6 +196,7 @@ class DripJourneyBacktest(models.TransientModel):
             shadow = self._shadow_journey(journey, start)
             marks = self._event_marks(journey, start, ticks)
             carts = journey.trigger == "cart_abandoned"
+            self._private_copies(journey, start, carts)
             if carts:
                 self._restore_idle_carts(journey, start, ticks[-1] if ticks else start)
             Order = self.env["sale.order"].sudo()
@@ -227,6 +232,34 @@ class DripJourneyBacktest(models.TransientModel):
             savepoint.close(rollback=True)
             self.env.transaction.clear()
         return entrants
+
+    def _private_copies(self, journey, start, carts):
+        """Session-private copies of the tables the replay writes, inside the savepoint.
+
+        PostgreSQL resolves an unqualified table name in the session's temporary schema
+        first, so ``_enroll`` and the cart scan, unchanged, write to these copies: no
+        foreign-key checks, no WAL, no lock on a live row, and nothing left once the
+        savepoint is rolled back (a temporary table created in it is dropped with it).
+        Nothing else runs on this cursor until then. The cart copy holds only the carts
+        that can matter in the window: not stamped before it, and draft or confirmed
+        within it.
+        """
+        cr = self.env.cr
+        cr.execute("CREATE TEMPORARY TABLE drip_enrollment "
+                   "(LIKE public.drip_enrollment INCLUDING DEFAULTS INCLUDING INDEXES)")
+        if carts:
+            cr.execute("CREATE TEMPORARY TABLE sale_order "
+                       "(LIKE public.sale_order INCLUDING DEFAULTS INCLUDING INDEXES)")
+            cr.execute(
+                """
+                INSERT INTO pg_temp.sale_order
+                SELECT * FROM public.sale_order
+                 WHERE drip_is_cart AND (drip_abandoned_at IS NULL OR drip_abandoned_at > %s)
+                   AND (state = 'draft' OR date_order > %s)
+                """,
+                [start, start],
+            )
+            cr.execute("ANALYZE pg_temp.sale_order")
 
     def _shadow_journey(self, journey, start):
         # The journey's own settings (trigger, entry filter, re-entry policy, company…):
@@ -323,7 +356,7 @@ class DripJourneyBacktest(models.TransientModel):
 
     def _restore_idle_carts(self, journey, start, end):
         """Carts confirmed after they went idle were abandoned carts at the time: back
-        to draft inside the savepoint, so the live cart scan and trigger see them."""
+        to draft in the private copy, so the live cart scan and trigger see them."""
         company = journey.company_id
         self.env["sale.order"].flush_model()
         self.env.cr.execute(
@@ -335,8 +368,7 @@ class DripJourneyBacktest(models.TransientModel):
                       AND c.date_order > %(start)s AND c.date_order <= %(end)s
                       AND c.drip_cart_activity_at IS NOT NULL
                       AND c.drip_cart_activity_at + make_interval(secs => %(delay)s)
-                          < c.date_order
-                      FOR UPDATE SKIP LOCKED)
+                          < c.date_order)
             """,
             {"company": company.id, "start": start, "end": end,
              "delay": company.drip_cart_abandon_delay * 3600},

@@ -283,6 +283,7 @@ class OdooDatabase:
             fcntl.flock(lock, fcntl.LOCK_EX)
             connection = self._connect()
             with connection.cursor() as cr:
+                self._drop_orphans(cr)
                 if not self._exists(cr, self.template):
                     self._build_template(cr)
                 cr.execute(f'CREATE DATABASE "{self.dbname}" TEMPLATE "{self.template}"')
@@ -291,6 +292,22 @@ class OdooDatabase:
         if template_store.exists():
             shutil.copytree(template_store, self.data_dir / "filestore" / self.dbname)
         return self
+
+    def _drop_orphans(self, cr):
+        """Databases of earlier sessions whose process is gone (a killed test run)."""
+        cr.execute("SELECT datname FROM pg_database WHERE datname ~ %s",
+                   [f"^{self.PREFIX}_[0-9]+_[0-9a-f]+$"])
+        for (name,) in cr.fetchall():
+            pid = int(name[len(self.PREFIX) + 1:].split("_")[0])
+            try:
+                os.kill(pid, 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            with contextlib.suppress(Exception):
+                cr.execute(f'DROP DATABASE "{name}"')
 
     def _template_filestore(self):
         return CACHE / "test-templates" / self.template / "filestore" / self.template
