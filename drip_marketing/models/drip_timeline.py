@@ -1,4 +1,5 @@
 from odoo import _, api, fields, models, tools
+from odoo.exceptions import UserError
 from odoo.tools import SQL
 
 TIMELINE_KINDS = [
@@ -159,7 +160,7 @@ class DripTimeline(models.Model):
         # Read at query time, not when the record rule is cached: switching the setting
         # takes effect at once, for every user.
         if operator not in ("=", "!="):
-            raise NotImplementedError(_("Unsupported search on visible_to_all_reps."))
+            raise UserError(_("Unsupported search on visible_to_all_reps."))
         visible = not self.env.company.sudo().drip_timeline_own_customers_only
         wanted = bool(value) if operator == "=" else not value
         return [(1, "=", 1)] if visible == wanted else [(0, "=", 1)]
