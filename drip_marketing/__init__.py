@@ -2,6 +2,7 @@ from . import models
 from . import report
 from . import wizards
 from . import controllers
+from .hooks import uninstall_hook
 
 try:  # the `odoo-bin drip-worker` command; never let it break loading the addon
     from . import cli

@@ -12,6 +12,7 @@
     "development_status": "Alpha",
     "application": True,
     "installable": True,
+    "uninstall_hook": "uninstall_hook",
     "depends": ["sale", "mail", "link_tracker", "utm", "phone_validation"],
     "external_dependencies": {
         "python": ["rq", "redis", "jinja2", "python-dateutil", "phonenumbers", "PyYAML"],

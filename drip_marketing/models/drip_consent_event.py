@@ -1,6 +1,8 @@
 from odoo import _, api, fields, models
 from odoo.exceptions import AccessError
 
+from odoo.addons.base.models.ir_model import MODULE_UNINSTALL_FLAG
+
 CONSENT_CHANNELS = [("email", "Email"), ("sms", "SMS"), ("messaging", "Messaging apps")]
 CONSENT_STATES = [
     ("unknown", "Unknown"),
@@ -56,7 +58,10 @@ class DripConsentEvent(models.Model):
         return super().write(vals)
 
     def unlink(self):
-        if not self.env.context.get(ERASURE_CONTEXT_KEY):
+        # Uninstalling the module removes its demo entries before dropping the table.
+        if not self.env.context.get(ERASURE_CONTEXT_KEY) and not self.env.context.get(
+            MODULE_UNINSTALL_FLAG
+        ):
             raise AccessError(_("The consent ledger is append-only: entries cannot be deleted."))
         return super().unlink()
 

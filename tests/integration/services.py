@@ -29,6 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
+import psycopg2
+
 REPO = Path(__file__).resolve().parents[2]
 ADDON = REPO / "drip_marketing"
 CACHE = Path(os.environ.get("DRIP_CACHE") or Path.home() / ".cache" / "drip_marketing")
@@ -263,7 +265,6 @@ class OdooDatabase:
         return env
 
     def _connect(self, dbname="postgres"):
-        import psycopg2
 
         s = self.settings
         connection = psycopg2.connect(host=s["db_host"], port=s["db_port"], user=s["db_user"],
@@ -390,11 +391,21 @@ class OdooDatabase:
             self.registry = None
         connection = self._connect()
         with connection.cursor() as cr:
+            # Our own leftover sessions only: autovacuum (a superuser process) is stopped
+            # by DROP DATABASE itself, and other roles' sessions are not ours to kill.
             cr.execute(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = %s AND usename = current_user AND pid <> pg_backend_pid()",
                 [self.dbname],
             )
-            cr.execute(f'DROP DATABASE IF EXISTS "{self.dbname}"')
+            for attempt in range(5):
+                try:
+                    cr.execute(f'DROP DATABASE IF EXISTS "{self.dbname}"')
+                    break
+                except psycopg2.errors.ObjectInUse:
+                    if attempt == 4:
+                        raise
+                    time.sleep(1)
         connection.close()
         shutil.rmtree(self.data_dir / "filestore" / self.dbname, ignore_errors=True)
 
