@@ -16,6 +16,7 @@ from . import drip_message
 from . import sale_order
 from . import sale_order_line
 from . import drip_delivery
+from . import drip_blacklist_sync
 from . import mail_blacklist
 from . import phone_blacklist
 from . import drip_timeline

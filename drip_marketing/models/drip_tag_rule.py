@@ -4,6 +4,29 @@ from odoo.tools import SQL
 from .domain_tools import checked_domain
 
 
+def _release_sql(rule_id, tag_id, keep=None):
+    """Drop a rule's ownership of its customers (all, or those not in the ``keep``
+    subquery) and their tag, unless another rule with the same tag still owns it."""
+    outside = SQL("AND o.partner_id NOT IN %s", keep) if keep is not None else SQL()
+    return SQL(
+        """
+        WITH gone AS (
+            DELETE FROM drip_tag_rule_partner_rel o
+             WHERE o.rule_id = %(rule)s %(outside)s
+            RETURNING o.partner_id
+        )
+        DELETE FROM res_partner_res_partner_category_rel r
+         USING gone
+         WHERE r.category_id = %(tag)s AND r.partner_id = gone.partner_id
+           AND NOT EXISTS (SELECT 1 FROM drip_tag_rule_partner_rel o
+                             JOIN drip_tag_rule other ON other.id = o.rule_id
+                            WHERE other.tag_id = %(tag)s AND o.rule_id != %(rule)s
+                              AND o.partner_id = gone.partner_id)
+        """,
+        rule=rule_id, tag=tag_id, outside=outside,
+    )
+
+
 class DripTagRule(models.Model):
     """'Customers matching this filter carry this tag' — kept in sync by a cron."""
 
@@ -118,23 +141,7 @@ class DripTagRule(models.Model):
                 """,
                 **params,
             ))
-            self.env.cr.execute(SQL(
-                """
-                WITH gone AS (
-                    DELETE FROM drip_tag_rule_partner_rel o
-                     WHERE o.rule_id = %(rule)s AND o.partner_id NOT IN %(members)s
-                    RETURNING o.partner_id
-                )
-                DELETE FROM res_partner_res_partner_category_rel r
-                 USING gone
-                 WHERE r.category_id = %(tag)s AND r.partner_id = gone.partner_id
-                   AND NOT EXISTS (SELECT 1 FROM drip_tag_rule_partner_rel o
-                                     JOIN drip_tag_rule other ON other.id = o.rule_id
-                                    WHERE other.tag_id = %(tag)s AND o.rule_id != %(rule)s
-                                      AND o.partner_id = gone.partner_id)
-                """,
-                **params,
-            ))
+            self.env.cr.execute(_release_sql(rule.id, rule.tag_id.id, keep=members))
         self.write({"synced_at": now})
         self.invalidate_model(["tagged_partner_ids"])
         self.env["res.partner"].invalidate_model(["category_id"])
@@ -145,23 +152,7 @@ class DripTagRule(models.Model):
         """Remove the tags these rules added (unless another rule still owns them)."""
         self.flush_model()
         for rule in self.filtered("tagged_partner_ids"):
-            self.env.cr.execute(SQL(
-                """
-                WITH gone AS (
-                    DELETE FROM drip_tag_rule_partner_rel o
-                     WHERE o.rule_id = %(rule)s
-                    RETURNING o.partner_id
-                )
-                DELETE FROM res_partner_res_partner_category_rel r
-                 USING gone
-                 WHERE r.category_id = %(tag)s AND r.partner_id = gone.partner_id
-                   AND NOT EXISTS (SELECT 1 FROM drip_tag_rule_partner_rel o
-                                     JOIN drip_tag_rule other ON other.id = o.rule_id
-                                    WHERE other.tag_id = %(tag)s AND o.rule_id != %(rule)s
-                                      AND o.partner_id = gone.partner_id)
-                """,
-                rule=rule.id, tag=rule.tag_id.id,
-            ))
+            self.env.cr.execute(_release_sql(rule.id, rule.tag_id.id))
         self.invalidate_model(["tagged_partner_ids"])
         self.env["res.partner"].invalidate_model(["category_id"])
 
