@@ -180,6 +180,11 @@ def parse_time(value):
     """Naive UTC datetime of an ISO 8601 string (no offset means UTC), else None."""
     if not isinstance(value, str) or not 10 <= len(value) <= 40:
         return None
+    return _parse_time(value)
+
+
+@functools.lru_cache(maxsize=4096)  # the events of a batch often share their timestamp
+def _parse_time(value):
     try:
         moment = datetime.fromisoformat(value.strip())
     except ValueError:
@@ -286,8 +291,9 @@ def validate_events(body, now, region):
         if not isinstance(item, dict):
             fail(index, None, "invalid_event", "each event must be a JSON object.")
             continue
-        for field in sorted(set(item) - EVENT_FIELDS):
-            fail(index, field, "unknown_field", "unknown field (see the OpenAPI spec).")
+        if unknown_fields := item.keys() - EVENT_FIELDS:
+            for field in sorted(unknown_fields):
+                fail(index, field, "unknown_field", "unknown field (see the OpenAPI spec).")
         event = {"index": index, "ids": {}}
         kind = item.get("type")
         if not isinstance(kind, str) or not kind.strip() or len(kind) > 128:
@@ -406,10 +412,12 @@ class DripEventApiController(http.Controller):
         body = parse_json(read_body(httprequest, MAX_BODY_BYTES))
         company = env.company
         now = datetime.now(UTC).replace(tzinfo=None, microsecond=0)
-        region = env["drip.ingest"]._company_region(company.id)
+        ingest = env["drip.ingest"]
+        source, region = ingest._source_context(company_id=company.id)
+        if not source:
+            source = env["drip.source"]._event_api_source(company)
         events, errors = validate_events(body, now, region)
-        source = env["drip.source"]._event_api_source(company)
-        allowed, retry_after = env["drip.ingest"]._rate_limit(
+        allowed, retry_after = ingest._rate_limit(
             f"apikey:{key_id}", len(events), source.rate_limit, source.rate_burst
         )
         if not allowed:
@@ -425,23 +433,21 @@ class DripEventApiController(http.Controller):
                 f"{len({e['index'] for e in errors})} of {len(events)} events are invalid; "
                 "nothing was stored.", errors=errors[:100],
             )
-        ingest = env["drip.ingest"]
-        replays = ingest._existing_keys(company, [e["idempotency_key"] for e in events])
-        if replays:
-            raise self._drip_replay_error(events, replays)
         remote = httprequest.remote_addr
         for event in events:
             event["source_ip"] = remote
+        # Replays are found by the INSERT itself (ON CONFLICT DO NOTHING RETURNING):
+        # no lookup beforehand, since a replay is the exception.
         results = ingest._ingest(events, source, now=now, keys_checked=True)
-        raced = {events[position]["idempotency_key"]
-                 for position, result in enumerate(results) if result.get("duplicate")}
-        if raced:
-            # Another request stored one of these keys meanwhile (PostgreSQL usually
-            # reports it as a serialization failure, and Odoo retries the request): keep
-            # none of this batch.
+        replays = {events[position]["idempotency_key"]
+                   for position, result in enumerate(results) if result.get("duplicate")}
+        if replays:
+            # Already stored, earlier or by a concurrent request (PostgreSQL may report
+            # the latter as a serialization failure, and Odoo retries the request):
+            # keep none of this batch, customers and identities included.
             env.cr.rollback()
             env.invalidate_all()
-            raise self._drip_replay_error(events, raced)
+            raise self._drip_replay_error(events, replays)
         return json_response({
             "accepted": len(results),
             "events": [{"index": result["index"], "id": result["id"]} for result in results],
@@ -482,8 +488,10 @@ class DripEventApiController(http.Controller):
                 [list(partner_ids), company.id],
             )
             partners = {row[0] for row in env.cr.fetchall()}
-        products = env["drip.ingest"]._lookup_products(set(), product_ids)
-        orders = env["drip.ingest"]._lookup_orders(company, set(), order_ids)
+        products = {key[1] for key in env["drip.ingest"]._lookup_products(set(), product_ids)}
+        orders = {key[1] for key in env["drip.ingest"]._lookup_orders(company, set(), order_ids)}
+        references = (("partner_id", partners, "customer"), ("product_id", products, "product"),
+                      ("order_id", orders, "sales order"))
         for event in events:
             index = event["index"]
             event_type = types.get(event.get("type"))
@@ -501,9 +509,7 @@ class DripEventApiController(http.Controller):
             else:
                 event["event_type_id"] = event_type[0]
                 event["name"] = event["type"]
-            for field, found, label in (("partner_id", partners, "customer"),
-                                        ("product_id", {k[1] for k in products}, "product"),
-                                        ("order_id", {k[1] for k in orders}, "sales order")):
+            for field, found, label in references:
                 if field in event and event[field] not in found:
                     errors.append({"index": index, "field": field, "code": f"unknown_{field[:-3]}",
                                    "message": f"events[{index}].{field}: no {label} with id "

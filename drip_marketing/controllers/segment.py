@@ -238,7 +238,7 @@ class DripSegmentController(http.Controller):
         authorization = httprequest.authorization
         basic_key = authorization.username if (
             authorization is not None and authorization.type == "basic") else None
-        source = self._drip_source(basic_key) if basic_key else None
+        source, region = self._drip_source(basic_key) if basic_key else (None, None)
         body = parse_json(
             read_body(httprequest, MAX_BATCH_BYTES if is_batch else MAX_MESSAGE_BYTES,
                       error=SegmentError),
@@ -246,7 +246,8 @@ class DripSegmentController(http.Controller):
         )
         if not isinstance(body, dict):
             raise SegmentError(400, "invalid_body", "The body must be a JSON object.")
-        source = source or self._drip_source(body.get("writeKey"))
+        if source is None:
+            source, region = self._drip_source(body.get("writeKey"))
         if is_batch:
             messages = body.get("batch")
             if not isinstance(messages, list):
@@ -266,7 +267,6 @@ class DripSegmentController(http.Controller):
                                f"Over {source.rate_limit} events per second for this write "
                                "key; retry later.",
                                headers=[("Retry-After", str(max(1, math.ceil(retry_after))))])
-        region = env["drip.ingest"]._company_region(source.company_id.id)
         call = None if is_batch else ENDPOINTS[endpoint]
         events = [event for index, message in enumerate(messages)
                   if (event := normalize_message(message, index, call, received_at, batch,
@@ -284,11 +284,14 @@ class DripSegmentController(http.Controller):
         if not write_key:
             raise SegmentError(401, "missing_write_key",
                                "Send the source's write key as the Basic-auth user name.")
-        source = request.env["drip.source"]._by_write_key(write_key)
+        source = region = None
+        if isinstance(write_key, str) and len(write_key) <= 128:
+            source, region = request.env["drip.ingest"].sudo()._source_context(
+                write_key=write_key)
         if not source:
             raise SegmentError(401, "invalid_write_key",
                                "This write key belongs to no active source.")
-        return source
+        return source, region
 
     def _drip_resolve(self, env, company, events):
         """Event types by name, products by sku / id, orders by name / id: one query each."""

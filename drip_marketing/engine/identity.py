@@ -53,6 +53,10 @@ _LOCAL_FORBIDDEN = set('()<>[]\\,;:"@')
 
 
 def _has_space_or_control(text):
+    if text.isascii():
+        # The same test without a Python loop: in ASCII, the white space and control
+        # characters are exactly the non-printable ones plus the space.
+        return " " in text or not text.isprintable()
     return any(ch.isspace() or unicodedata.category(ch)[0] == "C" for ch in text)
 
 

@@ -1,5 +1,6 @@
 from odoo import _, api, fields, models
 from odoo.exceptions import ValidationError
+from odoo.tools.sql import create_index
 
 from ..engine import identity as identity_engine
 
@@ -93,6 +94,13 @@ class DripIdentityConflict(models.Model):
         default="open",
         required=True,
     )
+
+    def init(self):
+        # Ingestion records a conflict unless the same one is open: an index probe per
+        # conflict of a batch (drip.ingest._record_conflicts), not a scan of them all.
+        create_index(self.env.cr, "drip_identity_conflict_open_pair_idx", self._table,
+                     ["company_id", "kind", "value", "partner_id", "other_partner_id"],
+                     where="state = 'open'")
 
     def action_merge(self):
         self.ensure_one()

@@ -4,15 +4,23 @@ Both controllers validate a request completely, then hand plain dicts to
 :meth:`DripIngest._ingest`, which stores a whole batch with a fixed number of SQL
 statements whatever its size:
 
-1. replays: one indexed lookup of the batch's idempotency keys (Segment ``messageId``);
-2. identities: one indexed lookup per identifier kind present in the batch, then one
-   lookup of ``res_partner.email_normalized`` and one of ``drip_phone_sanitized`` for the
-   emails / phones that are not identities yet (customers typed in the backend);
+1. replays: one indexed lookup of the batch's idempotency keys (Segment ``messageId``,
+   whose replays are skipped silently); the event API skips it (``keys_checked``): the
+   INSERT of step 4 finds replays (``ON CONFLICT DO NOTHING RETURNING``) and the
+   controller then rolls the whole request back;
+2. identities: one statement probing the ``(company_id, kind, value)`` index for every
+   identifier of the batch, then one lookup of ``res_partner.email_normalized`` and one
+   of ``drip_phone_sanitized`` for the emails / phones that are not identities yet
+   (customers typed in the backend);
 3. a pure decision pass (:func:`plan_identities`, :func:`decide_trait_updates`): whose
    event it is, which identifiers to link, which conflicts to record, whom to create;
 4. one batched ``create`` of the new customers, one ``INSERT … ON CONFLICT DO NOTHING``
-   of the new identities, one of the events, and one ``UPDATE`` per identifier kind that
-   stitches earlier anonymous events onto the customer just identified.
+   of the new identities, one of the events, one ``INSERT`` of the new conflicts, and one
+   ``UPDATE`` per identifier kind that stitches earlier anonymous events onto the
+   customer just identified.
+
+The controllers read the source, its settings and the company's phone region in one
+query (:meth:`DripIngest._source_context`).
 
 Identity and trait rules are documented in ``docs/integrators.md`` and below, next to
 the code that applies them.
@@ -405,19 +413,45 @@ class DripIngest(models.AbstractModel):
 
     # ------------------------------------------------------------------ lookups
     @api.model
-    def _company_region(self, company_id):
-        """ISO country code phone numbers without a country code are read in (CN if none)."""
-        self.env.cr.execute(
+    def _source_context(self, company_id=None, write_key=None):
+        """``(source, phone region)`` of a request, in one query; ``(None, region)`` if none.
+
+        The source is the event API's of ``company_id`` (archived or not) or the active
+        one of ``write_key``; the region is its company's country code (CN if none), the
+        default region of phone numbers. The fields ingestion reads come back in the
+        record cache, so using the source costs no further query.
+        """
+        if write_key is not None:
+            source_filter = SQL("s.write_key = %s AND s.active", write_key)
+            company_filter = SQL("c.id = s.company_id")
+        else:
+            source_filter = SQL("s.is_event_api AND s.company_id = c.id")
+            company_filter = SQL("c.id = %s", company_id)
+        self.env["drip.source"].flush_model()
+        self.env.cr.execute(SQL(
             """
-            SELECT country.code FROM res_company company
-              JOIN res_partner partner ON partner.id = company.partner_id
-              JOIN res_country country ON country.id = partner.country_id
-             WHERE company.id = %s
+            SELECT s.id, s.company_id, s.rate_limit, s.rate_burst, s.unknown_partner_policy,
+                   country.code
+              FROM res_company c
+              JOIN res_partner partner ON partner.id = c.partner_id
+              LEFT JOIN res_country country ON country.id = partner.country_id
+              %(join)s JOIN drip_source s ON %(source)s
+             WHERE %(company)s
+             ORDER BY s.id
+             LIMIT 1
             """,
-            [company_id],
-        )
+            join=SQL("") if write_key is not None else SQL("LEFT"),
+            source=source_filter, company=company_filter,
+        ))
         row = self.env.cr.fetchone()
-        return row[0] if row else "CN"
+        region = (row and row[5]) or "CN"
+        if not row or not row[0]:
+            return None, region
+        Source = self.env["drip.source"].sudo()
+        source = Source.browse(row[0])
+        for fname, value in zip(_SOURCE_FIELDS, row[1:5], strict=True):
+            self.env.cache.insert_missing(source, Source._fields[fname], [value])
+        return source, region
 
     @api.model
     def _existing_keys(self, company, keys):
@@ -435,20 +469,23 @@ class DripIngest(models.AbstractModel):
 
     @api.model
     def _lookup_identities(self, company, pairs):
-        """{(kind, value): partner id} for stored identities: one indexed query per kind."""
-        by_kind = defaultdict(set)
-        for kind, value in pairs:
-            by_kind[kind].add(value)
+        """{(kind, value): partner id} for stored identities: one indexed statement."""
+        if not pairs:
+            return {}
         self.env["drip.identity"].flush_model()
-        known = {}
-        for kind, values in by_kind.items():
-            self.env.cr.execute(
-                "SELECT value, partner_id FROM drip_identity "
-                "WHERE company_id = %s AND kind = %s AND value = ANY(%s)",
-                [company.id, kind, list(values)],
-            )
-            known.update(((kind, value), partner) for value, partner in self.env.cr.fetchall())
-        return known
+        kinds, values = zip(*pairs, strict=True)
+        # One statement for all kinds: an index probe of (company_id, kind, value) per
+        # pair, one round trip.
+        self.env.cr.execute(
+            """
+            SELECT i.kind, i.value, i.partner_id
+              FROM unnest(%s::varchar[], %s::varchar[]) AS q(kind, value)
+              JOIN drip_identity i ON i.company_id = %s AND i.kind = q.kind
+                                  AND i.value = q.value
+            """,
+            [list(kinds), list(values), company.id],
+        )
+        return {(kind, value): partner for kind, value, partner in self.env.cr.fetchall()}
 
     @api.model
     def _lookup_partners(self, company, emails, phones):
@@ -595,7 +632,7 @@ class DripIngest(models.AbstractModel):
         self._record_conflicts(company, [
             (kind, value, holder, resolve(claimant), ids[index])
             for kind, value, holder, claimant, index in plan["conflicts"]
-        ])
+        ], now)
 
         # 6. stitching: earlier unattached events of the ids linked just now.
         self._stitch(company, [link for link in links
@@ -710,31 +747,42 @@ class DripIngest(models.AbstractModel):
         inserted = dict(self.env.cr.fetchall())
         return [inserted.get(event["idempotency_key"]) for event in events]
 
-    def _record_conflicts(self, company, conflicts):
-        if not conflicts:
-            return
-        Conflict = self.env["drip.identity.conflict"]
-        Conflict.flush_model()
-        self.env.cr.execute(
-            "SELECT kind, value, partner_id, other_partner_id FROM drip_identity_conflict "
-            "WHERE company_id = %s AND state = 'open' AND value = ANY(%s)",
-            [company.id, list({value for _kind, value, *_rest in conflicts})],
-        )
-        seen = {tuple(row) for row in self.env.cr.fetchall()}
-        vals_list = []
+    def _record_conflicts(self, company, conflicts, now):
+        """One row per (identifier, holder, claimant) not already open: one statement."""
+        rows, seen = [], set()
         for kind, value, holder, claimant, event_id in conflicts:
             if (kind, value, holder, claimant) in seen or holder == claimant:
                 continue
             seen.add((kind, value, holder, claimant))
-            vals_list.append({
-                "kind": kind, "value": value, "company_id": company.id,
-                "partner_id": holder, "other_partner_id": claimant, "event_id": event_id,
-            })
-        if vals_list:
-            Conflict.create(vals_list)
-            _logger.info("Identity conflicts recorded for review: %s",
-                         [(vals["kind"], vals["partner_id"], vals["other_partner_id"])
-                          for vals in vals_list])
+            rows.append({"kind": kind, "value": value, "partner_id": holder,
+                         "other_partner_id": claimant, "event_id": event_id})
+        if not rows:
+            return
+        self.env["drip.identity.conflict"].flush_model()
+        self.env.cr.execute(
+            """
+            INSERT INTO drip_identity_conflict (kind, value, company_id, partner_id,
+                                                other_partner_id, event_id, state, create_uid,
+                                                create_date, write_uid, write_date)
+            SELECT r.kind, r.value, %(company)s, r.partner_id, r.other_partner_id, r.event_id,
+                   'open', %(uid)s, %(now)s, %(uid)s, %(now)s
+              FROM json_to_recordset(%(rows)s) AS r(kind varchar, value varchar,
+                                                    partner_id int, other_partner_id int,
+                                                    event_id int)
+             WHERE NOT EXISTS (
+                   SELECT 1 FROM drip_identity_conflict c
+                    WHERE c.company_id = %(company)s AND c.state = 'open'
+                      AND c.kind = r.kind AND c.value = r.value
+                      AND c.partner_id = r.partner_id
+                      AND c.other_partner_id = r.other_partner_id)
+            RETURNING kind, partner_id, other_partner_id
+            """,
+            {"company": company.id, "uid": self.env.uid, "now": now, "rows": json.dumps(rows)},
+        )
+        recorded = self.env.cr.fetchall()
+        if recorded:
+            self.env["drip.identity.conflict"].invalidate_model()
+            _logger.info("Identity conflicts recorded for review: %s", recorded)
 
     def _stitch(self, company, links):
         """Attach earlier unattached events of newly linked anonymous ids / user ids."""
@@ -768,6 +816,12 @@ class DripIngest(models.AbstractModel):
         installed = None
         for event, partner in zip(events, partners, strict=True):
             if not partner:
+                continue
+            # Most events of known customers carry no traits and no contact id this
+            # batch linked: nothing to propose.
+            if not event.get("traits") and partner not in new_ids and not any(
+                    owners.get((kind, event["ids"].get(kind))) == partner
+                    for kind in CONTACT_KINDS_FIELDS):
                 continue
             when = utc_iso(event["occurred_at"])
             for channel, state in consent_values(event.get("traits")).items():
@@ -843,6 +897,7 @@ class DripIngest(models.AbstractModel):
 
 
 CONTACT_KINDS_FIELDS = {"email": "email", "phone": "phone"}
+_SOURCE_FIELDS = ("company_id", "rate_limit", "rate_burst", "unknown_partner_policy")
 _TOUCH_EVERY = timedelta(seconds=10)
 _TOUCHED = {}
 

@@ -92,16 +92,6 @@ class DripSource(models.Model):
         return True
 
     @api.model
-    def _by_write_key(self, write_key):
-        """The active source of ``write_key`` (sudo), or an empty recordset."""
-        if not write_key or not isinstance(write_key, str) or len(write_key) > 128:
-            return self.sudo().browse()
-        return self.sudo().search_fetch(
-            [("write_key", "=", write_key)],
-            ["company_id", "rate_limit", "rate_burst", "unknown_partner_policy"], limit=1,
-        )
-
-    @api.model
     def _event_api_source(self, company):
         """The source standing for the event API in ``company``, created on first use."""
         source = self.sudo().with_context(active_test=False).search_fetch(

@@ -178,6 +178,26 @@ class TestEventApi(HttpCase):
         self.assertStoresNothing(lambda: self.post(self.events({"idempotency_key": "x"})),
                                  401, "invalid_api_key")
 
+    def test_expired_key_and_archived_user_stop_at_once(self):
+        # The memo only skips the PBKDF2 verification of a key already verified; the
+        # key's row is read on every request, so expiry and the user's state apply at once.
+        self.assertEqual(self.post(self.events({"idempotency_key": "e-1"})).status_code, 200)
+        self.env.cr.execute(
+            "UPDATE res_users_apikeys SET expiration_date = "
+            "(now() AT TIME ZONE 'utc') - interval '1 minute' "
+            "WHERE user_id = %s AND name = 'shop'", [self.integrator.id])
+        self.assertIsNone(check_api_key(self.env.cr, self.key))
+        self.assertStoresNothing(lambda: self.post(self.events({"idempotency_key": "e-2"})),
+                                 401, "invalid_api_key")
+        self.env.cr.execute(
+            "UPDATE res_users_apikeys SET expiration_date = NULL "
+            "WHERE user_id = %s AND name = 'shop'", [self.integrator.id])
+        self.assertEqual(self.post(self.events({"idempotency_key": "e-3"})).status_code, 200)
+        self.integrator.active = False
+        self.env.flush_all()
+        self.assertStoresNothing(lambda: self.post(self.events({"idempotency_key": "e-4"})),
+                                 401, "invalid_api_key")
+
     def test_media_type_and_encoding(self):
         self.assertStoresNothing(
             lambda: self.post("events=1", raw=True,
@@ -272,6 +292,27 @@ class TestEventApi(HttpCase):
         del replay["events"][1]
         self.assertEqual(self.post(replay).status_code, 200, "the others are then accepted")
 
+    def test_replay_with_newcomers_creates_nobody(self):
+        # Replays are detected by the INSERT itself, after the batch's new customers and
+        # identities were created: all of it is undone.
+        self.assertEqual(self.post(self.events({"idempotency_key": "rn-1"})).status_code, 200)
+        before = self.counts()
+        batch = self.events({"idempotency_key": "rn-2", "email": "newcomer@api-test.example",
+                             "traits": {"name": "New Comer"}},
+                            {"idempotency_key": "rn-3", "anonymous_id": "rn-device",
+                             "user_id": "rn-user"},
+                            {"idempotency_key": "rn-1"})
+        self.assertStoresNothing(lambda: self.post(batch), 409, "duplicate_idempotency_key",
+                                 field="idempotency_key", index=2)
+        self.assertEqual(self.counts(), before)
+        self.assertFalse(self.env["res.partner"].search(
+            [("email", "=", "newcomer@api-test.example")]))
+        del batch["events"][2]
+        response = self.post(batch)
+        self.assertEqual(response.status_code, 200, response.text)
+        newcomer = self.env["drip.event"].browse(response.json()["events"][0]["id"]).partner_id
+        self.assertEqual(newcomer.name, "New Comer")
+
     def test_rate_limit_per_key(self):
         source = self.env["drip.source"]._event_api_source(self.env.company)
         source.write({"rate_limit": 1, "rate_burst": 1000})
@@ -304,6 +345,37 @@ class TestEventApi(HttpCase):
         self.assertRecordValues(conflict, [{"kind": "email", "value": "lin.wei@api-test.example",
                                             "partner_id": self.customer.id,
                                             "other_partner_id": other.id}])
+
+
+@tagged("post_install", "-at_install")
+class TestSourceContext(TransactionCase):
+    """The source of a request and its phone region, read in one query."""
+
+    def test_event_api_source_and_region(self):
+        Ingest = self.env["drip.ingest"]
+        company = self.env["res.company"].create({"name": "Drip FR shop"})
+        self.assertEqual(Ingest._source_context(company_id=company.id), (None, "CN"),
+                         "no source yet; no country: phone numbers read as Chinese")
+        company.partner_id.country_id = self.env.ref("base.fr")
+        source = self.env["drip.source"]._event_api_source(company)
+        source.write({"rate_limit": 7, "rate_burst": 1000, "unknown_partner_policy": "never"})
+        self.env.invalidate_all()
+        found, region = Ingest._source_context(company_id=company.id)
+        self.assertEqual((found, region), (source, "FR"))
+        with self.assertQueryCount(0):  # the fields ingestion reads came with the row
+            self.assertEqual((found.company_id, found.rate_limit, found.rate_burst,
+                              found.unknown_partner_policy), (company, 7, 1000, "never"))
+        source.active = False  # the event API's source serves archived or not
+        self.assertEqual(Ingest._source_context(company_id=company.id)[0], source)
+
+    def test_write_key_source(self):
+        Ingest = self.env["drip.ingest"]
+        source = self.env["drip.source"].create({"name": "App"})
+        self.assertEqual(Ingest._source_context(write_key=source.sudo().write_key)[0], source)
+        self.assertIsNone(Ingest._source_context(write_key="no such key")[0])
+        source.active = False
+        self.assertIsNone(Ingest._source_context(write_key=source.sudo().write_key)[0],
+                          "an archived source's key is refused")
 
 
 @tagged("post_install", "-at_install")
