@@ -30,7 +30,15 @@ class DripEnrollment(models.Model):
     company_id = fields.Many2one(related="journey_id.company_id", store=True, index=True)
     source_ref = fields.Char(
         required=True,
-        help="The record that made the customer enter, as 'model,id' (e.g. the cart).",
+        help="What re-entry is counted on, as 'model,id': the record that made the "
+        "customer enter (e.g. the cart) with the policy 'once per source record', the "
+        "customer otherwise.",
+    )
+    trigger_ref = fields.Char(
+        string="Triggered by",
+        readonly=True,
+        help="The record that made the customer enter, as 'model,id' (a cart, an order, "
+        "a product view…), whatever the re-entry policy.",
     )
     order_id = fields.Many2one("sale.order", string="Order / cart", index="btree_not_null")
     cycle = fields.Integer(
@@ -124,17 +132,21 @@ class DripEnrollment(models.Model):
         return reached
 
     def _ordered_since_entry(self):
-        """Cart journeys: that cart was confirmed; others: any order since entering."""
-        self.env["sale.order"].flush_model(["partner_id", "state", "date_order"])
+        """Entered for a cart: that cart was confirmed. Otherwise (including entries for
+        an order already confirmed: post-purchase, win-back, replenishment): any other
+        order confirmed since entering."""
+        self.env["sale.order"].flush_model(["partner_id", "state", "date_order", "drip_is_cart"])
         self.flush_model()
         self.env.cr.execute(
             """
             SELECT e.id FROM drip_enrollment e
+              LEFT JOIN sale_order cart ON cart.id = e.order_id AND cart.drip_is_cart
              WHERE e.id = ANY(%s) AND EXISTS (
                    SELECT 1 FROM sale_order o
                     WHERE o.state = 'sale'
-                      AND CASE WHEN e.order_id IS NOT NULL THEN o.id = e.order_id
+                      AND CASE WHEN cart.id IS NOT NULL THEN o.id = cart.id
                                ELSE o.partner_id = e.partner_id AND o.date_order >= e.entered_at
+                                    AND o.id IS DISTINCT FROM e.order_id
                           END)
             """,
             [self.ids],

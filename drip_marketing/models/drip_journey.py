@@ -420,15 +420,17 @@ class DripJourney(models.Model):
             WITH candidates AS (%(candidates)s),
             keyed AS (
                 SELECT DISTINCT ON (c.partner_id, %(source_ref)s)
-                       c.partner_id, c.order_id, %(source_ref)s AS source_ref
+                       c.partner_id, c.order_id, %(source_ref)s AS source_ref,
+                       c.source_ref AS trigger_ref
                   FROM candidates c
                  WHERE c.partner_id IN %(entry)s
                  ORDER BY c.partner_id, %(source_ref)s, c.order_id DESC NULLS LAST
             )
             INSERT INTO drip_enrollment (
-                journey_id, partner_id, company_id, source_ref, order_id, cycle, state,
-                entered_at, is_holdout, revenue, create_uid, create_date, write_uid, write_date)
-            SELECT %(journey)s, k.partner_id, %(company)s, k.source_ref, k.order_id,
+                journey_id, partner_id, company_id, source_ref, trigger_ref, order_id, cycle,
+                state, entered_at, is_holdout, revenue,
+                create_uid, create_date, write_uid, write_date)
+            SELECT %(journey)s, k.partner_id, %(company)s, k.source_ref, k.trigger_ref, k.order_id,
                    COALESCE(p.last_cycle + 1, 0), 'active', %(now)s, FALSE, 0,
                    %(uid)s, %(now)s, %(uid)s, %(now)s
               FROM keyed k
@@ -552,22 +554,30 @@ class DripJourney(models.Model):
         )
 
     def _candidates_partner_date(self, now):
-        # Once a year per customer; 29 February is celebrated on 28 February otherwise.
+        # Once a year per customer, on the date in the customer's own time zone (so a
+        # 09:00 step is still ahead when the day starts there); 29 February is
+        # celebrated on 28 February otherwise. Unknown zone names fall back to the
+        # company's default rather than failing the scan.
         field_sql = SQL.identifier("p", self.trigger_date_field)
-        today = fields.Date.context_today(self, now)
-        is_leap = today.year % 4 == 0 and (today.year % 100 != 0 or today.year % 400 == 0)
-        feb_28_catch_up = today.month == 2 and today.day == 28 and not is_leap
         return SQL(
             """
-            SELECT p.id AS partner_id, NULL::int AS order_id,
-                   'res.partner,' || p.id || ',' || %(year)s AS source_ref
-              FROM res_partner p
-             WHERE p.active AND %(field)s IS NOT NULL
-               AND (to_char(%(field)s, 'MM-DD') = %(today)s
-                    OR (%(catch_up)s AND to_char(%(field)s, 'MM-DD') = '02-29'))
+            WITH zones AS (SELECT name FROM pg_timezone_names),
+            local AS (
+                SELECT p.id, %(field)s AS day,
+                       (%(now)s::timestamp AT TIME ZONE 'UTC')
+                           AT TIME ZONE COALESCE(z.name, %(default_tz)s) AS at
+                  FROM res_partner p LEFT JOIN zones z ON z.name = p.tz
+                 WHERE p.active AND %(field)s IS NOT NULL
+            )
+            SELECT l.id AS partner_id, NULL::int AS order_id,
+                   'res.partner,' || l.id || ',' || extract(year FROM l.at)::int AS source_ref
+              FROM local l
+             WHERE to_char(l.day, 'MM-DD') = to_char(l.at, 'MM-DD')
+                OR (to_char(l.day, 'MM-DD') = '02-29' AND to_char(l.at, 'MM-DD') = '02-28'
+                    AND extract(day FROM date_trunc('year', l.at)
+                                + interval '2 months' - interval '1 day') = 28)
             """,
-            year=today.year, field=field_sql, today=today.strftime("%m-%d"),
-            catch_up=feb_28_catch_up,
+            field=field_sql, now=now, default_tz=self.company_id.drip_default_tz or "UTC",
         )
 
     def _candidates_inactivity(self, now):

@@ -20,6 +20,8 @@ key                    content
                        as the same dict, or ``None``
 ``coupon``             ``{code, expires_at}`` when the step hands out a coupon (bridge
                        ``drip_marketing_loyalty``), else ``None``
+``order.cross_sell``   the optional products of what the order bought, as the same dicts
+                       (only when the template mentions ``cross_sell``)
 =====================  =====================================================================
 
 Cost per batch, whatever its size: one SQL read for every recommendation of the batch
@@ -47,7 +49,11 @@ class DripOffer(models.AbstractModel):
         ``drip.delivery._build_contexts``. ``message`` is ``None`` for previews."""
         offers = self._offers_for(items)
         for key, context in contexts.items():
-            context.update(offers.get(key) or self._no_offer())
+            offer = offers.get(key) or self._no_offer()
+            cross_sell = offer.pop("cross_sell", None)
+            context.update(offer)
+            if cross_sell is not None and context.get("order"):
+                context["order"]["cross_sell"] = cross_sell
         return contexts
 
     @api.model
@@ -76,6 +82,11 @@ class DripOffer(models.AbstractModel):
                 seeds.update(line.product_id.id for line in order.order_line
                              if line.product_id and not line.display_type)
             wanted_recos.add(key)
+        cross_sell = {
+            key: self._cross_sell_ids(order)
+            for key, _partner, order, _lang, _journey, step, _message in items
+            if order and self._uses(step, "cross_sell")
+        }
         affinity = self.env["drip.product.affinity"].sudo()
         ranked = affinity._recommend_ids(
             [(pid, cid, sorted(seeds)) for (pid, cid), seeds in requests.items()],
@@ -88,6 +99,7 @@ class DripOffer(models.AbstractModel):
                 ids.update(pid for pid, _source in ranked.get((partner.id, company.id), []))
             if source:
                 ids.add(source.id)
+            ids.update(cross_sell.get(key, ()))
         data = affinity._offer_items(
             [(partner, company, sorted(ids)) for (partner, company), ids in wanted.items()
              if ids]
@@ -103,11 +115,24 @@ class DripOffer(models.AbstractModel):
                     for pid, origin in ranked.get((partner.id, company.id), [])
                     if pid in products
                 ]
+            if key in cross_sell:
+                offer["cross_sell"] = [products[pid] for pid in cross_sell[key]
+                                       if pid in products]
         coupons = self._coupons_for(messages)
         for key, *_rest, message in items:
             if message and message.id in coupons:
                 result[key]["coupon"] = coupons[message.id]
         return result
+
+    @api.model
+    def _cross_sell_ids(self, order):
+        """The optional products (sale's "Optional Products" on the product form) of
+        what the order bought, minus what it bought, at most RECOMMENDATIONS_SHOWN:
+        ``order.cross_sell`` in templates (post-purchase)."""
+        bought = order.order_line.product_id
+        optional = bought.product_tmpl_id.optional_product_ids.product_variant_ids
+        return [pid for pid in optional.filtered("sale_ok").ids
+                if pid not in bought.ids][:RECOMMENDATIONS_SHOWN]
 
     @api.model
     def _coupons_for(self, messages):
@@ -143,10 +168,11 @@ class DripOffer(models.AbstractModel):
         (``sale.order,<id>,product,<pid>``). Archived products are left out."""
         if not messages:
             return {}
-        messages.enrollment_id.fetch(["source_ref"])
+        messages.enrollment_id.fetch(["source_ref", "trigger_ref"])
         event_ids, product_of = {}, {}
         for message in messages:
-            parts = (message.enrollment_id.source_ref or "").split(",")
+            enrollment = message.enrollment_id
+            parts = (enrollment.trigger_ref or enrollment.source_ref or "").split(",")
             if len(parts) == 2 and parts[0] == "drip.event" and parts[1].isdigit():
                 event_ids[message.id] = int(parts[1])
             elif len(parts) == 4 and parts[2] == "product" and parts[3].isdigit():

@@ -634,10 +634,16 @@ class _Facts:
         )
         self._orders = dict(cr.fetchall())
         self._order_confirmed = {}
+        self._carts = set()
         if order_ids:
-            cr.execute("SELECT id, date_order FROM sale_order WHERE id = ANY(%s) "
-                       "AND state = 'sale'", [order_ids])
-            self._order_confirmed = dict(cr.fetchall())
+            # An entry for an order already confirmed (post-purchase, win-back) waits
+            # for another order, like an entry without one: only carts are looked up.
+            cr.execute("SELECT id, state = 'sale', date_order FROM sale_order "
+                       "WHERE id = ANY(%s) AND drip_is_cart", [order_ids])
+            for order_id, confirmed, date_order in cr.fetchall():
+                self._carts.add(order_id)
+                if confirmed:
+                    self._order_confirmed[order_id] = date_order
         self.goal_type = journey.goal_type
         self._goal_partners = set()
         if self.goal_type == "domain":
@@ -711,7 +717,7 @@ class _Facts:
             return partner_id in self._goal_partners
         if self.goal_type != "order":
             return False
-        if order_id:
+        if order_id in self._carts:
             confirmed = self._order_confirmed.get(order_id)
             return confirmed is not None and confirmed <= at
         return self.ordered_between(partner_id, entered_at, at)

@@ -12,11 +12,13 @@ Run: ``pytest tests/integration`` (with the harness environment, ``scripts/test`
 
 import os
 import signal
+import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import requests
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -288,3 +290,29 @@ def delivery_inline(odoo_db, smtp_sink):
     helper.configure(redis=False)
     yield helper
     helper.cleanup()
+
+
+@pytest.fixture(scope="session")
+def odoo_http(odoo_db):
+    """The Odoo HTTP server of the test database, as a subprocess."""
+    process = subprocess.Popen(
+        odoo_db.odoo_cmd("-c", str(odoo_db.conf), "-d", odoo_db.dbname,
+                         f"--db-filter=^{odoo_db.dbname}$", "--max-cron-threads=0",
+                         f"--http-port={odoo_db.http_port}"),
+        env=odoo_db.env_vars(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    base = f"http://127.0.0.1:{odoo_db.http_port}"
+
+    def up():
+        try:
+            return requests.get(f"{base}/web/webclient/version_info", timeout=2,
+                                json={}).status_code < 500
+        except requests.RequestException:
+            return False
+
+    try:
+        wait_until(up, 120, interval=0.5, what="the Odoo HTTP server")
+        yield base
+    finally:
+        process.terminate()
+        process.wait(30)

@@ -1,44 +1,16 @@
 """Engagement over real HTTP and real mail: opens, clicks, replies, bounces, webhooks."""
 
 import json
-import subprocess
 import threading
 import time
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlparse
 
-import pytest
 import requests
 from services import free_port, wait_until
 
 from engine import tokens
-
-
-@pytest.fixture(scope="module")
-def odoo_http(odoo_db):
-    """The Odoo HTTP server of the test database, as a subprocess."""
-    process = subprocess.Popen(
-        odoo_db.odoo_cmd("-c", str(odoo_db.conf), "-d", odoo_db.dbname,
-                         f"--db-filter=^{odoo_db.dbname}$", "--max-cron-threads=0",
-                         f"--http-port={odoo_db.http_port}"),
-        env=odoo_db.env_vars(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    base = f"http://127.0.0.1:{odoo_db.http_port}"
-
-    def up():
-        try:
-            return requests.get(f"{base}/web/webclient/version_info", timeout=2,
-                                json={}).status_code < 500
-        except requests.RequestException:
-            return False
-
-    try:
-        wait_until(up, 120, interval=0.5, what="the Odoo HTTP server")
-        yield base
-    finally:
-        process.terminate()
-        process.wait(30)
 
 
 def _sent_email(delivery):
