@@ -28,3 +28,4 @@ from . import drip_prediction
 from . import product_template
 from . import drip_recommendation
 from . import drip_offer
+from . import drip_demo

@@ -1,5 +1,9 @@
+from collections import defaultdict
+
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError
+
+from .drip_message import column_values, select_where
 
 EXIT_REASONS = [
     ("completed", "All steps done"),
@@ -118,9 +122,15 @@ class DripEnrollment(models.Model):
 
     def _goal_reached(self, now=None):
         """Those of these running participants whose journey's goal is met (set-based)."""
-        running = self.filtered(lambda e: e.state in ("active", "paused"))
+        running = select_where(self, "state", ("active", "paused").__contains__)
         reached = self.browse()
-        for journey, enrollments in running.grouped("journey_id").items():
+        by_journey = defaultdict(list)
+        for enrollment_id, journey_id in zip(
+                running._ids, column_values(running, "journey_id"), strict=True):
+            by_journey[journey_id].append(enrollment_id)
+        for journey_id, ids in by_journey.items():
+            journey = self.env["drip.journey"].browse(journey_id)
+            enrollments = running.browse(ids).with_prefetch(running._prefetch_ids)
             if journey.goal_type == "order":
                 reached |= enrollments._ordered_since_entry()
             elif journey.goal_type == "domain":
@@ -155,7 +165,7 @@ class DripEnrollment(models.Model):
 
     def _complete_if_done(self):
         """Participants with nothing left to run have completed the journey."""
-        active = self.filtered(lambda e: e.state == "active")
+        active = select_where(self, "state", lambda state: state == "active")
         if not active:
             return
         self.env["drip.message"].flush_model(["state", "enrollment_id"])

@@ -319,8 +319,10 @@ class DripJourney(models.Model):
 
     def copy_data(self, default=None):
         vals_list = super().copy_data(default=default)
+        if default and "name" in default:
+            return vals_list
         return [
-            dict(vals, name=_("%s (copy)", journey.name))
+            dict(vals, name=self.env._("%s (copy)", journey.name))
             for journey, vals in zip(self, vals_list, strict=True)
         ]
 

@@ -1,3 +1,5 @@
+from collections import defaultdict
+
 from odoo import _, api, fields, models
 from odoo.exceptions import UserError
 from odoo.tools import SQL
@@ -25,6 +27,34 @@ SKIP_REASONS = [
     ("branch", "Other A/B branch"),
     ("render_error", "Template error"),
 ]
+
+
+def column_values(records, fname):
+    """The values of ``fname`` for ``records``, in order, as the cache holds them (ids
+    for many-to-one fields), fetched in one query if missing.
+
+    Hot paths filter and group thousands of rows: a list read from the cache at once
+    costs a fraction of one ``record.field`` access per row.
+    """
+    field = records._fields[fname]
+    values = records.env.cache.get_until_miss(records, field)
+    if len(values) < len(records):
+        records.fetch([fname])
+        values = records.env.cache.get_until_miss(records, field)
+    return values
+
+
+def select_where(records, fname, predicate):
+    """``records.filtered(lambda r: predicate(r[fname]))`` on cached column values."""
+    ids = [rid for rid, value in zip(records._ids, column_values(records, fname), strict=True)
+           if predicate(value)]
+    return records.browse(ids).with_prefetch(records._prefetch_ids)
+
+
+# Columns the claim reads along with the lock, put in the cache (no fetch per model).
+CLAIM_MESSAGE_FIELDS = ("enrollment_id", "step_id", "step_type", "queue", "state",
+                        "parent_message_id", "journey_id")
+CLAIM_ENROLLMENT_FIELDS = ("state", "is_holdout", "journey_id")
 
 
 class DripMessage(models.Model):
@@ -242,25 +272,45 @@ class DripMessage(models.Model):
         """Lock a batch of due rows of running journeys and active participants.
 
         ``FOR UPDATE SKIP LOCKED`` lets any number of cron runners work side by side
-        without taking the same row twice.
+        without taking the same row twice. Participant and journey are read by primary
+        key per due row (``LATERAL … OFFSET 0``): with a plain join, statistics taken
+        before a burst of enrollments made PostgreSQL scan every active participant
+        for each due row (0.8 s instead of 11 ms for 3,000 rows).
         """
         # Pauses and exits written by the ORM must be visible to the claim below.
         self.env.flush_all()
         self.env.cr.execute(SQL(
             """
-            SELECT m.id
+            SELECT m.id, %s, %s
               FROM drip_message m
-              JOIN drip_enrollment e ON e.id = m.enrollment_id
-              JOIN drip_journey j ON j.id = m.journey_id
+             CROSS JOIN LATERAL (SELECT %s FROM drip_enrollment e
+                                  WHERE e.id = m.enrollment_id OFFSET 0) e
+             CROSS JOIN LATERAL (SELECT j.state FROM drip_journey j
+                                  WHERE j.id = m.journey_id OFFSET 0) j
              WHERE m.state = 'scheduled' AND m.scheduled_at <= %s
                AND e.state = 'active' AND j.state = 'running'
              ORDER BY m.scheduled_at, m.id
              LIMIT %s
                FOR UPDATE OF m SKIP LOCKED
             """,
+            SQL(", ").join(SQL.identifier("m", name) for name in CLAIM_MESSAGE_FIELDS),
+            SQL(", ").join(SQL.identifier("e", name) for name in CLAIM_ENROLLMENT_FIELDS),
+            SQL(", ").join(SQL.identifier("e", name) for name in CLAIM_ENROLLMENT_FIELDS),
             now or fields.Datetime.now(), limit,
         ))
-        return self.browse([row[0] for row in self.env.cr.fetchall()])
+        rows = self.env.cr.fetchall()
+        messages = self.browse([row[0] for row in rows])
+        # What _process reads next, taken from the claim itself rather than re-fetched.
+        cache = self.env.cache
+        for index, name in enumerate(CLAIM_MESSAGE_FIELDS, 1):
+            cache.insert_missing(messages, self._fields[name], [row[index] for row in rows])
+        by_enrollment = {row[1]: row for row in rows}
+        enrollments = self.env["drip.enrollment"].browse(list(by_enrollment))
+        offset = 1 + len(CLAIM_MESSAGE_FIELDS)
+        for index, name in enumerate(CLAIM_ENROLLMENT_FIELDS, offset):
+            cache.insert_missing(enrollments, enrollments._fields[name],
+                                 [row[index] for row in by_enrollment.values()])
+        return messages
 
     @api.model
     def _run_due(self, limit=500, now=None, max_rounds=10):
@@ -298,17 +348,25 @@ class DripMessage(models.Model):
         self.fetch(["enrollment_id", "step_id", "state", "parent_message_id"])
         reached = self.enrollment_id._goal_reached(now)
         reached._exit("goal_reached")
-        todo = self.filtered(lambda m: m.state == "scheduled")
+        todo = select_where(self, "state", lambda state: state == "scheduled")
         todo = todo._skip_failed_negative_checks(now)
-        for step_type, messages in todo.grouped("step_type").items():
+        by_type = defaultdict(list)
+        for message_id, step_type in zip(todo._ids, column_values(todo, "step_type"),
+                                         strict=True):
+            by_type[step_type].append(message_id)
+        for step_type, ids in by_type.items():
+            messages = todo.browse(ids).with_prefetch(todo._prefetch_ids)
             getattr(messages, f"_run_{step_type}")(now)
         self.enrollment_id._complete_if_done()
 
     def _skip_failed_negative_checks(self, now):
         """'Not opened / clicked / ordered within …' steps whose parent got it: skip."""
-        negative = self.filtered(
-            lambda m: m.step_id.step_trigger in journey_engine.NEGATIVE_CHECKS
-        )
+        negative_steps = set(self.step_id.filtered(
+            lambda s: s.step_trigger in journey_engine.NEGATIVE_CHECKS
+        ).ids)
+        if not negative_steps:
+            return self
+        negative = select_where(self, "step_id", negative_steps.__contains__)
         ordered = negative.parent_message_id._ordered_since_sent()
         skipped = self.browse()
         for message in negative:
@@ -387,7 +445,12 @@ class DripMessage(models.Model):
 
     # One method per step type: ``_process`` dispatches on ``step_type``.
     def _run_send(self, now):
-        holdout = self.filtered(lambda m: m.enrollment_id.is_holdout)
+        enrollments = self.enrollment_id
+        holdout_enrollments = {
+            eid for eid, flag in zip(enrollments._ids, column_values(enrollments, "is_holdout"),
+                                     strict=True) if flag
+        }
+        holdout = select_where(self, "enrollment_id", holdout_enrollments.__contains__)
         holdout.write({"state": "skipped", "skip_reason": "holdout",
                        "reason": _("Holdout group: receives no message of this journey.")})
         holdout._start_children("done", now)

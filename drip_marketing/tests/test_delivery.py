@@ -148,6 +148,35 @@ class TestDelivery(DripCase):
         link = self.env["link.tracker"].browse(payload["l"])
         self.assertEqual(link.url, "https://shop.example.com/x")
 
+    def test_email_wire_format_is_safe_and_matches_odoos_builder(self):
+        message = self.due_messages(self.customers[:1])
+        Delivery = self.env["drip.delivery"]
+        plan, _immediate = Delivery._prepare(message, NOW, {})
+        item = dict(plan[0], subject="Cart\r\nBcc: intruder@example.com")
+        raw = Delivery._build_email(self.env["ir.mail_server"], item).as_bytes()
+        built = email.message_from_bytes(raw, policy=email.policy.default)
+        # A line break in a rendered subject cannot add a header.
+        self.assertIsNone(built["Bcc"])
+        self.assertEqual(str(built["Subject"]), "Cart Bcc: intruder@example.com")
+        self.assertTrue(all(len(line) <= 998 for line in raw.splitlines()))
+        # The same parts and headers as Odoo's own build_email.
+        self.env["ir.config_parameter"].sudo().set_param("drip_marketing.mime_builder", "odoo")
+        odoo_built = email.message_from_bytes(
+            Delivery._build_email(self.env["ir.mail_server"], plan[0]).as_bytes(),
+            policy=email.policy.default)
+        ours = email.message_from_bytes(
+            Delivery._build_email(self.env["ir.mail_server"], plan[0], "fast").as_bytes(),
+            policy=email.policy.default)
+        self.assertEqual(ours.get_content_type(), odoo_built.get_content_type())
+        for name in ("Message-Id", "Subject", "To", "List-Unsubscribe",
+                     "List-Unsubscribe-Post", "X-Drip-Message"):
+            # Folding whitespace aside (each builder folds long headers its own way).
+            self.assertEqual(" ".join(str(ours[name]).split()),
+                             " ".join(str(odoo_built[name]).split()), name)
+        for subtype in ("plain", "html"):
+            self.assertEqual(ours.get_body((subtype,)).get_content().strip(),
+                             odoo_built.get_body((subtype,)).get_content().strip())
+
     # ------------------------------------------------------------- send-time checks
     def test_opted_out_and_blacklisted_are_skipped_with_reason(self):
         messages = self.due_messages()
