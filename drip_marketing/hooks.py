@@ -10,3 +10,11 @@ def uninstall_hook(env):
     """
     for table in ("drip_message", "drip_event"):
         env.cr.execute(f"DELETE FROM {table}")  # noqa: S608 -- fixed table names
+    # Journeys a user made (no external id) may use the shipped templates, which their
+    # steps reference with ON DELETE RESTRICT: they go first, with their steps.
+    env.cr.execute(
+        """
+        DELETE FROM drip_journey
+         WHERE id NOT IN (SELECT res_id FROM ir_model_data WHERE model = 'drip.journey')
+        """
+    )
